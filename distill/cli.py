@@ -1,0 +1,164 @@
+"""The `distill` command line: a thin front over library functions.
+
+Nothing here imports torch or transformers at module level: `distill --help` and
+`distill validate` must answer in well under two seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from distill.errors import EXIT_USAGE, DistillError
+
+EPILOG = """\
+examples:
+  distill validate recipes/quickstart.yaml          check a recipe without loading any model
+  distill run recipes/quickstart.yaml               run it; outputs go to runs/<run_id>/
+  distill run recipes/lm/smollm2-kd.yaml stages.0.train.steps=20 seed=1
+  distill run --resume runs/<run_id>                finish an interrupted run
+  distill eval asset:whisper-base --suite asr-en    evaluate any model or artifact
+  distill report                                    rebuild results/README.md from the records
+  distill assets install --all                      fetch and convert the offline models and data
+  distill ls                                        stage kinds, losses, suites, assets
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="distill",
+        description="Distil, fine-tune, prune, quantize and export models from YAML recipes, "
+        "and evaluate every artifact with one harness.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a recipe (stages in order, then evaluation)",
+                         description="Run a recipe. Overrides are dotted.key=value, values parsed "
+                         "as YAML (e.g. stages.0.train.steps=20 seed=1).")
+    run.add_argument("recipe", nargs="?", help="recipe YAML (omit with --resume)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+    run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run directory")
+
+    val = sub.add_parser("validate", help="check a recipe (fast; loads no model)")
+    val.add_argument("recipe")
+    val.add_argument("overrides", nargs="*", metavar="key=value")
+    val.add_argument("--print", action="store_true", dest="print_", help="print the resolved recipe")
+
+    ev = sub.add_parser("eval", help="evaluate a model or artifact on a suite -> results/")
+    ev.add_argument("model", help="artifact dir, asset:<id>, HF directory or hub id")
+    ev.add_argument("--suite", required=True, help="suite name (see `distill ls`)")
+    ev.add_argument("--limit", type=int, help="items per task (default: all)")
+    ev.add_argument("--baseline", help="record (path or artifact id) for recovery ratios")
+    ev.add_argument("--results-dir", default="results", type=Path)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--threads", type=int)
+
+    rep = sub.add_parser("report", help="regenerate results/README.md and plots from the records")
+    rep.add_argument("--results-dir", default="results", type=Path)
+
+    assets = sub.add_parser("assets", help="offline models and data: list, install, verify, path")
+    asub = assets.add_subparsers(dest="assets_command", metavar="ACTION")
+    asub.add_parser("list", help="table of assets and whether they are installed")
+    inst = asub.add_parser("install", help="fetch, verify, convert and cache assets")
+    inst.add_argument("ids", nargs="*")
+    inst.add_argument("--all", action="store_true", dest="all_")
+    ver = asub.add_parser("verify", help="re-check the sha256 of installed assets")
+    ver.add_argument("ids", nargs="*")
+    pth = asub.add_parser("path", help="print the local directory of an installed asset")
+    pth.add_argument("id")
+
+    sub.add_parser("ls", help="list stage kinds, losses, suites, tasks and assets")
+    return p
+
+
+def _run(args) -> int:
+    from distill import runner
+
+    if args.resume and args.recipe:  # `run --resume DIR` parses fine; `run X --resume DIR` is ambiguous
+        args.overrides = [args.recipe, *args.overrides]
+    result = runner.run(None if args.resume else args.recipe, args.overrides, resume=args.resume)
+    print(f"run finished: {result.run_dir}")
+    for name, art in result.artifacts.items():
+        print(f"  {name}: {art.path} ({art.size_bytes / 1e6:.1f} MB)")
+    for rec in result.records:
+        print(f"  result: {rec}")
+    return 0
+
+
+def _validate(args) -> int:
+    from distill import recipe
+
+    r = recipe.load(args.recipe, args.overrides)
+    if args.print_:
+        print(recipe.dump(r), end="")
+    kinds = " -> ".join(recipe.stage_name(i, s) for i, s in enumerate(r.stages))
+    print(f"ok: {args.recipe} ({r.name}: {kinds})")
+    return 0
+
+
+def _eval(args) -> int:
+    from distill.evaluation.harness import evaluate
+
+    path = evaluate(args.model, args.suite, limit=args.limit, baseline=args.baseline,
+                    results_dir=args.results_dir, device=args.device, batch_size=args.batch_size,
+                    threads=args.threads)
+    print(f"record written: {path}")
+    return 0
+
+
+def _report(args) -> int:
+    from distill.evaluation.report import write_report
+
+    print(f"report written: {write_report(args.results_dir)}")
+    return 0
+
+
+def _assets(args) -> int:
+    from distill.assets import commands
+
+    action = args.assets_command or "list"
+    if action == "list":
+        print(commands.list_table())
+    elif action == "install":
+        if not args.ids and not args.all_:
+            raise DistillError("nothing to install", "name asset ids or pass --all")
+        commands.install(args.ids, all_=args.all_)
+    elif action == "verify":
+        return 0 if commands.verify(args.ids or None) else 1
+    elif action == "path":
+        print(commands.path(args.id))
+    return 0
+
+
+def _ls(args) -> int:
+    from distill import listing
+
+    print(listing.everything())
+    return 0
+
+
+COMMANDS = {"run": _run, "validate": _validate, "eval": _eval, "report": _report,
+            "assets": _assets, "ls": _ls}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except DistillError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,70 @@
+"""Provenance: what is needed to reproduce a run or a number (git, versions, seeds, machine)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("distill", "torch", "transformers", "accelerate", "peft", "bitsandbytes", "optimum",
+            "optimum-onnx", "onnxruntime", "datasets", "jiwer", "numpy", "pydantic")
+
+
+def git_state(cwd: Path | None = None) -> dict:
+    """{'sha': ..., 'dirty': bool} of the source checkout, or nulls outside git."""
+    cwd = cwd or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine(device: str = "cpu") -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "device": device}
+    if "torch" in sys.modules:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if device.startswith("cuda") and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def seeds(seed: int) -> dict[str, int]:
+    """Every seed in use. One recipe seed drives all of them, recorded separately for clarity."""
+    return {"python": seed, "numpy": seed, "torch": seed, "data": seed}
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

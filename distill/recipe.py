@@ -1,0 +1,429 @@
+"""Recipe schema: typed, validated before anything heavy loads.
+
+A recipe is YAML data (`yaml.safe_load`) checked by pydantic models with `extra="forbid"`, so a
+typo fails at once with the name of the key and the closest valid one. Overrides come from the
+command line as `dotted.key=value` (values parsed as YAML scalars); `${dotted.key}` inside strings
+is replaced by another value of the recipe (e.g. `${vars.data_dir}`) or an environment variable
+(`${env:NAME}`).
+
+This module must stay free of torch/transformers: `distill validate` imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from distill.errors import DistillError, closest
+
+
+class Spec(BaseModel):
+    """Base for every recipe block: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- models
+class ModelRef(Spec):
+    """Where a model comes from. A plain string in YAML is shorthand for `{source: <string>}`."""
+
+    source: str | None = Field(
+        None,
+        description="`asset:<id>` (offline asset), a local HF directory, an artifact directory, "
+        "`stage:<name>` (an earlier stage's output) or a HF hub id",
+    )
+    config: dict[str, Any] | None = Field(
+        None,
+        description="inline HF config (needs `model_type`), for tiny random models built in-process",
+    )
+    tokenizer: str | None = Field(
+        None, description="tokenizer source if not beside the weights; `bytes` = built-in byte-level"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights dtype (fp32 on CPU: bf16 is ~4x slower there)"
+    )
+    trust_remote_code: bool = Field(False, description="allow model code from the hub; off unless needed")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelRef:
+        if (self.source is None) == (self.config is None):
+            raise ValueError("give exactly one of `source` or `config`")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("an inline `config` needs a `model_type` (e.g. qwen3)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- data
+class TextData(Spec):
+    """Text for language-model training: packed into fixed-length token blocks."""
+
+    source: str = Field(
+        description="`asset:<id>` (e.g. asset:text-en), a .txt/.jsonl file, or a directory of .txt"
+    )
+    split: str = Field("train", description="dataset split for assets with splits")
+    seq_len: int = Field(128, gt=1, description="tokens per training block")
+    max_tokens: int | None = Field(None, gt=0, description="cap on tokens read (None = all)")
+    heldout_fraction: float = Field(
+        0.05, ge=0, lt=1, description="share of a plain file kept aside for validation loss"
+    )
+
+
+# ------------------------------------------------------------------------------------- training
+class TrainSpec(Spec):
+    steps: int = Field(100, gt=0, description="optimizer steps")
+    batch_size: int = Field(8, gt=0, description="sequences per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up before cosine decay")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a share of peak lr")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip gradients (None = off)")
+    checkpoint_every: int = Field(50, gt=0, description="save a resumable checkpoint every N steps")
+    log_every: int = Field(10, gt=0, description="write metrics every N steps")
+    eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps (None = at end)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="compute dtype: auto = fp32 on CPU, bf16 on GPU"
+    )
+
+
+class LossSpec(Spec):
+    kind: Literal["forward_kl", "reverse_kl", "jsd"] = Field(
+        "forward_kl", description="divergence between teacher and student token distributions"
+    )
+    beta: float = Field(0.5, ge=0, le=1, description="JSD interpolation (0 = forward KL, 1 = reverse)")
+    temperature: float = Field(1.0, description="softens both distributions; loss scaled by T^2")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the distillation term")
+    ce_weight: float = Field(0.0, ge=0, description="weight of next-token cross-entropy on the data")
+    top_k: int | None = Field(None, gt=0, description="sparse KD over the teacher's top-k tokens")
+    chunk_size: int = Field(256, gt=0, description="tokens per loss chunk (bounds logit memory)")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state matching")
+    hidden_loss: Literal["mse", "cosine"] = Field("mse")
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("temperature must be > 0 (1.0 = unchanged distributions)")
+        return value
+
+    @model_validator(mode="after")
+    def _some_signal(self) -> LossSpec:
+        if self.kd_weight == 0 and self.ce_weight == 0 and self.hidden_weight == 0:
+            raise ValueError("all loss weights are 0: set kd_weight, ce_weight or hidden_weight > 0")
+        return self
+
+
+class StudentSpec(Spec):
+    init: Literal["config", "layer_map", "moe_merge", "model"] = Field(
+        "layer_map",
+        description="config = random init from `model.config`; layer_map = copy of the teacher with "
+        "evenly spaced layers; moe_merge = dense FFNs merged from a MoE teacher's experts; "
+        "model = load `model` as is",
+    )
+    model: ModelRef | None = Field(None, description="student model (for init=config or model)")
+    num_layers: int | None = Field(None, gt=0, description="student depth for init=layer_map")
+    layers: list[int] | None = Field(None, description="explicit teacher layer indices to keep")
+    merge: Literal["frequency", "uniform", "top_k"] = Field(
+        "frequency", description="expert merge for init=moe_merge"
+    )
+    merge_top_k: int = Field(2, gt=0, description="experts kept by merge=top_k")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> StudentSpec:
+        if self.init in ("config", "model") and self.model is None:
+            raise ValueError(f"student init '{self.init}' needs `student.model`")
+        return self
+
+
+# --------------------------------------------------------------------------------------- stages
+class StageBase(Spec):
+    name: str | None = Field(None, description="stage name (default: <index>-<kind>)")
+
+
+class DistillStage(StageBase):
+    kind: Literal["distill"]
+    teacher: ModelRef = Field(description="the model to learn from")
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    data: TextData
+    loss: LossSpec = Field(default_factory=LossSpec)
+    teacher_mode: Literal["online", "offline"] = Field(
+        "online", description="online = teacher forward each step; offline = cached top-k log-probs"
+    )
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class LoraStage(StageBase):
+    kind: Literal["lora"]
+    rank: int = Field(16, gt=0, description="LoRA rank: higher = more capacity and memory")
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear")
+    merge: bool = Field(True, description="merge adapters into the weights at the end")
+    data: TextData
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class PruneStage(StageBase):
+    kind: Literal["prune"]
+    method: Literal["depth", "width", "magnitude"] = Field("depth")
+    keep_layers: list[int] | None = None
+    sparsity: float | None = Field(None, gt=0, lt=1)
+
+
+class QuantizeStage(StageBase):
+    kind: Literal["quantize"]
+    method: Literal["bnb-int8", "bnb-nf4", "torch-dynamic-int8", "ort-int8"] = Field("bnb-int8")
+
+
+class ExportStage(StageBase):
+    kind: Literal["export"]
+    format: Literal["onnx"] = "onnx"
+    quantize: Literal["none", "int8-dynamic"] = Field("none", description="ORT quantization")
+
+
+Stage = Annotated[
+    Union[DistillStage, LoraStage, PruneStage, QuantizeStage, ExportStage], Field(discriminator="kind")
+]
+STAGE_KINDS = ("distill", "lora", "prune", "quantize", "export")
+
+
+class EvalSpec(Spec):
+    suite: str = Field(description="evaluation suite from eval/suites (see `distill ls`)")
+    baseline: str | None = Field(
+        None, description="stage name or `teacher` whose record is the recovery baseline"
+    )
+    include_teacher: bool = Field(True, description="also evaluate the first stage's teacher")
+    limit: int | None = Field(None, gt=0, description="items per task (None = all)")
+    results_dir: str | None = Field(
+        None, description="where records go (default: <run dir>/results)"
+    )
+
+
+class Recipe(Spec):
+    name: str = Field(description="recipe name; part of the run id")
+    description: str = ""
+    seed: int = Field(0, description="seeds python, numpy, torch and data order")
+    output_dir: str = Field("runs", description="runs are written to <output_dir>/<run_id>/")
+    vars: dict[str, Any] = Field(default_factory=dict, description="values for ${vars.x} interpolation")
+    stages: list[Stage] = Field(description="stages in order; each consumes the previous artifact")
+    eval: EvalSpec | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _non_empty(cls, stages: list) -> list:
+        if not stages:
+            raise ValueError("`stages` is empty: add at least one stage (kinds: " + ", ".join(STAGE_KINDS) + ")")
+        return stages
+
+    @model_validator(mode="after")
+    def _cross_stage_rules(self) -> Recipe:
+        names = [stage_name(i, s) for i, s in enumerate(self.stages)]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate stage names: {sorted(dupes)}")
+        for i, stage in enumerate(self.stages):
+            before = self.stages[i - 1] if i else None
+            if stage.kind in ("quantize", "export") and isinstance(before, LoraStage) and not before.merge:
+                raise ValueError(
+                    f"stage {i} ({stage.kind}) follows a LoRA stage with merge: false; set merge: true"
+                )
+            if stage.kind != "distill" and i == 0:
+                raise ValueError(f"the first stage is '{stage.kind}', which needs an input model: "
+                                 "start with a distill stage")
+        return self
+
+
+def stage_name(index: int, stage: Any) -> str:
+    return stage.name or f"{index}-{stage.kind}"
+
+
+# ----------------------------------------------------------------------------- load / override
+_REF = re.compile(r"\$\{([^}]+)\}")
+
+
+def _lookup(data: Any, dotted: str) -> Any:
+    node = data
+    for part in dotted.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            raise DistillError(f"interpolation ${{{dotted}}} names nothing in the recipe",
+                               "check the key path, e.g. ${vars.data_dir}")
+    return node
+
+
+def interpolate(data: Any, root: Any | None = None, depth: int = 0) -> Any:
+    """Replace `${a.b}` (recipe values) and `${env:NAME}` in strings; a whole-string ref keeps type."""
+    import os
+
+    root = data if root is None else root
+    if depth > 20:
+        raise DistillError("interpolation does not terminate", "remove the ${...} cycle")
+    if isinstance(data, dict):
+        return {k: interpolate(v, root, depth) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate(v, root, depth) for v in data]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def value(ref: str) -> Any:
+        if ref.startswith("env:"):
+            name = ref[4:]
+            if name not in os.environ:
+                raise DistillError(f"environment variable {name} (from ${{{ref}}}) is not set",
+                                   f"export {name}=... or remove the reference")
+            return os.environ[name]
+        return interpolate(_lookup(root, ref), root, depth + 1)
+
+    whole = _REF.fullmatch(data)
+    if whole:
+        return value(whole.group(1))
+    return _REF.sub(lambda m: str(value(m.group(1))), data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`stages.0.train.steps=5` -> (['stages','0','train','steps'], 5)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not p for p in key.split(".")) or " " in key:
+        raise DistillError(f"bad override '{item}'", "write overrides as dotted.key=value, e.g. seed=1")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict, item: str) -> None:
+    path, value = parse_override(item)
+    node: Any = data
+    for i, part in enumerate(path[:-1]):
+        where = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise DistillError(f"override '{item}': no list item '{where}'",
+                                   f"indices run 0..{len(node) - 1}")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise DistillError(f"override '{item}': '{where}' is a value, not a section",
+                               "override the value itself")
+    last = path[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise DistillError(f"override '{item}': no list item '{last}'", "check the index")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"recipe file '{path}' not found", "check the path (recipes live in recipes/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise DistillError(f"'{path}' is not valid YAML{where}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"'{path}' does not hold a mapping of recipe keys",
+                           "start the file with keys such as name:, stages:")
+    return data
+
+
+def _model_for(loc: tuple) -> type[BaseModel] | None:
+    """The schema class a validation error location points into (for 'did you mean' hints)."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        if part in STAGE_KINDS:  # discriminated-union tag in the location
+            model = {"distill": DistillStage, "lora": LoraStage, "prune": PruneStage,
+                     "quantize": QuantizeStage, "export": ExportStage}[part]
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return None
+        model = _unwrap(field.annotation)
+    return model
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The BaseModel inside Optional[...] / list[...] annotations, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _unwrap(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def explain(exc: ValidationError, source: str) -> DistillError:
+    """Turn pydantic's report into one line: where, what, and how to fix it."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc if p not in STAGE_KINDS) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        model = _model_for(loc)
+        valid = list(model.model_fields) if model is not None else []
+        guess = closest(key, valid)
+        fix = f"did you mean '{guess}'?" if guess else "remove it"
+        if valid:
+            fix += f" valid keys here: {', '.join(valid)}"
+        return DistillError(f"{source}: unknown key '{where}'", fix)
+    if err["type"] == "union_tag_invalid":
+        bad = err.get("input", {}).get("kind") if isinstance(err.get("input"), dict) else None
+        return DistillError(f"{source}: {where}: unknown stage kind '{bad}'",
+                            f"use one of: {', '.join(STAGE_KINDS)}")
+    if err["type"] == "union_tag_not_found":
+        return DistillError(f"{source}: {where}: stage has no `kind`",
+                            f"add kind: one of {', '.join(STAGE_KINDS)}")
+    if err["type"] == "missing":
+        return DistillError(f"{source}: missing required key '{where}'", "add it to the recipe")
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return DistillError(f"{source}: {where}: {msg}{shown}", "fix this value in the recipe or override")
+
+
+def build(data: dict, overrides: list[str] | None = None, source: str = "recipe") -> Recipe:
+    """Apply overrides, interpolate, validate. Raises DistillError with one clear line."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides or []:
+        apply_override(data, item)
+    data = interpolate(data)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise explain(exc, source) from None
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return build(read_yaml(path), overrides, source=str(path))
+
+
+def dump(recipe: Recipe) -> str:
+    """The resolved recipe as YAML: loading it back gives an equal Recipe."""
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=False), sort_keys=False)
+
+
+def sha256(recipe: Recipe) -> str:
+    return hashlib.sha256(dump(recipe).encode()).hexdigest()
