@@ -19,6 +19,7 @@ examples:
   distill run recipes/quickstart.yaml               run it; outputs go to runs/<run_id>/
   distill run recipes/lm/smollm2-kd.yaml stages.0.train.steps=20 seed=1
   distill run --resume runs/<run_id>                finish an interrupted run
+  distill plan recipes/moe/qwen3-30b-a3b-to-1.7b.yaml  memory estimate before a run
   distill eval asset:whisper-base --suite asr-en    evaluate any model or artifact
   distill report                                    rebuild results/README.md from the records
   distill assets install --all                      fetch and convert the offline models and data
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("recipe")
     val.add_argument("overrides", nargs="*", metavar="key=value")
     val.add_argument("--print", action="store_true", dest="print_", help="print the resolved recipe")
+
+    plan = sub.add_parser("plan", help="memory/parameter estimate for a recipe (no weights loaded)")
+    plan.add_argument("recipe")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
 
     ev = sub.add_parser("eval", help="evaluate a model or artifact on a suite -> results/")
     ev.add_argument("model", help="artifact dir, asset:<id>, HF directory or hub id")
@@ -101,6 +106,13 @@ def _validate(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from distill import plan
+
+    print(plan.plan(args.recipe, args.overrides))
+    return 0
+
+
 def _eval(args) -> int:
     from distill.evaluation.harness import evaluate
 
@@ -142,7 +154,7 @@ def _ls(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "validate": _validate, "eval": _eval, "report": _report,
+COMMANDS = {"run": _run, "validate": _validate, "plan": _plan, "eval": _eval, "report": _report,
             "assets": _assets, "ls": _ls}
 
 
