@@ -1,9 +1,14 @@
 """The training loop every training stage shares: AdamW, warm-up + cosine, accumulation, clipping,
-checkpoints and exact resume.
+checkpoints, exact resume, and data parallelism through accelerate.
 
-Exact resume: a checkpoint holds the weights (safetensors), optimizer and scheduler state, torch
-RNG state and the step. The data order is a pure function of (seed, step) (see data.Blocks), so
-restoring the step restores the data position too.
+Exact resume: a checkpoint holds the weights (safetensors), optimizer and scheduler state, the
+python/numpy/torch RNG states and the step. The data order is a pure function of (seed, step)
+(see data.Blocks), so restoring the step restores the data position too.
+
+Data parallel (`torchrun` or `accelerate launch`): `batch_size` is per process, so one optimizer
+step sees batch_size x grad_accum x world_size rows. Rank r of micro-batch m reads the rows right
+after ranks < r, so a 2-process run reads exactly the rows a 1-process run with twice the batch
+reads, and (DDP averaging gradients) follows the same loss trajectory.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from distill.errors import DistillError
@@ -45,9 +52,31 @@ def lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
     return factor
 
 
+def _finished(ckpt_root: Path) -> list[Path]:
+    return sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    done = _finished(ckpt_root)
     return done[-1] if done else None
+
+
+def _rng_state() -> dict:
+    # Plain containers and tensors only, so torch.load(weights_only=True) can read them back.
+    np_state = np.random.get_state()
+    return {"torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+            "numpy_rng": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                          int(np_state[3]), float(np_state[4])]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    if "python_rng" in state:
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy_rng" in state:
+        name, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def save_checkpoint(ckpt_root: Path, step: int, modules: dict[str, torch.nn.Module], optimizer,
@@ -61,12 +90,12 @@ def save_checkpoint(ckpt_root: Path, step: int, modules: dict[str, torch.nn.Modu
     tmp.mkdir(parents=True)
     for name, module in modules.items():
         save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / "trainer.pt")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_rng_state()},
+               tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    for old in sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))[:-KEEP_CHECKPOINTS]:
+    for old in _finished(ckpt_root)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -79,8 +108,29 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, 
     state = torch.load(path / "trainer.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
+    _set_rng_state(state)
     return json.loads((path / "state.json").read_text())
+
+
+class _Stepper(torch.nn.Module):
+    """Wraps the trainable modules so DDP sees every parameter the step function touches."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], step_fn: StepFn):
+        super().__init__()
+        self.parts = torch.nn.ModuleDict(modules)
+        self.step_fn = step_fn
+
+    def forward(self, batch: torch.Tensor):
+        return self.step_fn(batch)
+
+
+def make_accelerator(dtype: str):
+    """accelerate's Accelerator: CPU (gloo under torchrun) without a GPU; bf16 autocast on GPU."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    precision = "bf16" if dtype == "bfloat16" or (dtype == "auto" and cuda) else "no"
+    return Accelerator(cpu=not cuda, mixed_precision=precision)
 
 
 def train(
@@ -94,11 +144,17 @@ def train(
     """Optimise the parameters of `modules` (e.g. {"student": model, "proj": projections}).
 
     step_fn(batch [B, S] token ids) -> (loss to minimise, metrics to log). Returns final metrics.
+    On a non-finite loss it stops with a DistillError naming the step and the last good
+    checkpoint (which it never overwrites).
     """
     from tqdm.auto import tqdm
 
+    acc = make_accelerator(spec.dtype)
+    world, rank = acc.num_processes, acc.process_index
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    # The scheduler is stepped by hand (not acc.prepare'd): accelerate would step it once per
+    # process, which changes the lr trajectory with the world size.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
     ckpt_root = ctx.checkpoint_dir()
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -110,31 +166,29 @@ def train(
         start, tokens_seen = state["step"], state.get("tokens_seen", 0)
         logger.info("resumed from %s (step %d)", last.name, start)
 
-    for m in modules.values():
-        m.train()
-    rows_per_step = spec.batch_size * spec.grad_accum
+    stepper = acc.prepare(_Stepper(modules, step_fn))  # DDP-wrapped only when world > 1
+    stepper.train()
+    writer = _tensorboard(ctx) if acc.is_main_process else None
+    rows_per_step = spec.batch_size * spec.grad_accum * world
     final: dict[str, float] = {}
     bar = tqdm(range(start, spec.steps), initial=start, total=spec.steps, desc=ctx.stage_name,
-               unit="step", dynamic_ncols=True)
+               unit="step", dynamic_ncols=True, disable=not acc.is_main_process)
     window_t, window_tok = time.perf_counter(), 0
     for step in bar:
         metrics_sum: dict[str, float] = {}
         for micro in range(spec.grad_accum):
-            batch = blocks.batch(step * rows_per_step + micro * spec.batch_size, spec.batch_size)
-            loss, metrics = step_fn(batch)
-            if not torch.isfinite(loss):
-                good = latest_checkpoint(ckpt_root)
-                raise DistillError(
-                    f"loss became {loss.item()} at step {step} (stage {ctx.stage_name})",
-                    f"lower the lr or check the data; last good checkpoint: "
-                    f"{good.name if good else 'none'} (resume with --resume after changing the recipe)",
-                )
-            (loss / spec.grad_accum).backward()
+            position = step * rows_per_step + (micro * world + rank) * spec.batch_size
+            batch = blocks.batch(position, spec.batch_size).to(acc.device)
+            sync = micro == spec.grad_accum - 1
+            with (acc.no_sync(stepper) if not sync and world > 1 else _nullcontext()), acc.autocast():
+                loss, metrics = stepper(batch)
+                _check_finite(loss, step, ctx, ckpt_root, acc)
+                acc.backward(loss / spec.grad_accum)
             for k, v in metrics.items():
                 metrics_sum[k] = metrics_sum.get(k, 0.0) + v / spec.grad_accum
-            window_tok += batch.numel()
+            window_tok += batch.numel() * world
         if spec.max_grad_norm:
-            metrics_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm))
+            metrics_sum["grad_norm"] = float(acc.clip_grad_norm_(params, spec.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -142,22 +196,69 @@ def train(
         done = step + 1
 
         if done % spec.log_every == 0 or done == spec.steps:
+            if world > 1:  # log the global mean, not rank 0's share
+                keys = sorted(metrics_sum)
+                vals = acc.reduce(torch.tensor([metrics_sum[k] for k in keys], device=acc.device), "mean")
+                metrics_sum = dict(zip(keys, vals.tolist()))
             elapsed = time.perf_counter() - window_t
             metrics_sum.update(lr=scheduler.get_last_lr()[0], tokens=tokens_seen,
                                tok_per_s=window_tok / max(elapsed, 1e-9))
             window_t, window_tok = time.perf_counter(), 0
             if eval_fn is not None and spec.eval_every and done % spec.eval_every == 0:
+                stepper.eval()
                 metrics_sum.update(eval_fn())
-            ctx.log_metrics(done, **metrics_sum)
+                stepper.train()
+            if acc.is_main_process:
+                ctx.log_metrics(done, **metrics_sum)
+                if writer is not None:
+                    for k, v in metrics_sum.items():
+                        writer.add_scalar(f"{ctx.stage_name}/{k}", v, done)
             bar.set_postfix(loss=f"{metrics_sum.get('loss', float('nan')):.4f}",
                             tok_s=f"{metrics_sum['tok_per_s']:.0f}")
             final = metrics_sum
         if done % spec.checkpoint_every == 0 and done < spec.steps:
-            save_checkpoint(ckpt_root, done, modules, optimizer, scheduler, {"tokens_seen": tokens_seen})
+            if acc.is_main_process:
+                save_checkpoint(ckpt_root, done, modules, optimizer, scheduler, {"tokens_seen": tokens_seen})
+            acc.wait_for_everyone()
     bar.close()
-    for m in modules.values():
-        m.eval()
+    stepper.eval()
     if eval_fn is not None:
         final.update(eval_fn())
-        ctx.log_metrics(spec.steps, **{k: v for k, v in final.items() if k.startswith("eval_")})
+        if acc.is_main_process:
+            ctx.log_metrics(spec.steps, **{k: v for k, v in final.items() if k.startswith("eval_")})
+    if writer is not None:
+        writer.close()
     return final
+
+
+def _check_finite(loss: torch.Tensor, step: int, ctx: RunContext, ckpt_root: Path, acc) -> None:
+    """Stop on nan/inf (on every rank together), naming the step and the last good checkpoint."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], device=loss.device)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, "sum")
+    if bad.item():
+        good = latest_checkpoint(ckpt_root)
+        raise DistillError(
+            f"loss became {loss.item()} at step {step + 1} (stage {ctx.stage_name}); stopped without "
+            f"saving this step",
+            f"lower the lr or check the data; the last good checkpoint is "
+            f"{good if good else 'none (no checkpoint was written yet)'}",
+        )
+
+
+def _tensorboard(ctx: RunContext):
+    """A TensorBoard writer under <run>/tensorboard, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
+        return None
+    return SummaryWriter(log_dir=str(ctx.run_dir / "tensorboard" / ctx.stage_name))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
