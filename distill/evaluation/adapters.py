@@ -1,0 +1,301 @@
+"""One adapter interface for every artifact kind: the task code never sees the backend.
+
+A loader turns a model directory into a `CausalLM` (log-probs + generate) or a `SpeechToText`
+(transcribe). The manifest's `adapter` field picks the loader from ADAPTERS; the registry is a
+dict literal so `distill ls` can print it. Heavy libraries are imported inside the loaders.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CausalLM:
+    """A causal LM behind the two calls the LM tasks need. backend/dtype go into every record."""
+
+    model: Any
+    tokenizer: Any
+    backend: str  # torch-eager | onnxruntime | bitsandbytes | torch-dynamic-quant
+    dtype: str
+    device: str = "cpu"
+    modality: str = "lm"
+    max_length: int = 2048
+    _accepts: set = field(default_factory=set)
+
+    def __post_init__(self):
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self._accepts = set(inspect.signature(base.forward).parameters)
+        cfg = getattr(self.model, "config", None)
+        self.max_length = int(getattr(cfg, "max_position_embeddings", None) or 2048)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        for cand in (tok.pad_token_id, tok.eos_token_id, 0):
+            if cand is not None:
+                return int(cand)
+        return 0
+
+    def _forward(self, ids, mask, keep_last: bool):
+        import torch
+
+        kwargs: dict[str, Any] = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if "position_ids" in self._accepts:
+            # Left padding: positions must count real tokens only, or every padded row shifts.
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0).to(self.device)
+        if keep_last and "logits_to_keep" in self._accepts:
+            kwargs["logits_to_keep"] = 1  # skip the [B, T, V] head matmul we would throw away
+        if "use_cache" in self._accepts:
+            kwargs["use_cache"] = False
+        with torch.inference_mode():
+            return self.model(**kwargs).logits.float()
+
+    def last_logprobs(self, seqs: list[list[int]]):
+        """seqs: B token lists -> [B, V] log-probs of the next token after each full sequence.
+
+        Left-padded so the last real token sits in the last column for every row.
+        """
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+        logits = self._forward(ids, mask, keep_last=True)[:, -1, :]
+        return torch.log_softmax(logits, dim=-1).cpu()
+
+    def token_logprobs(self, seqs: list[list[int]]) -> list:
+        """seqs: B token lists -> B tensors [len-1]: log P(seq[t] | seq[:t]) for t >= 1.
+
+        Right-padded: real positions never attend to padding under a causal mask.
+        """
+        import torch
+
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
+        logits = self._forward(ids, mask, keep_last=False).cpu()
+        out = []
+        for i, s in enumerate(seqs):
+            # Row by row, gather minus logsumexp: no second [B, T, V] log-softmax tensor.
+            row = logits[i, : len(s) - 1]
+            target = ids[i, 1: len(s)]
+            out.append(row.gather(-1, target[:, None])[:, 0] - torch.logsumexp(row, dim=-1))
+        return out
+
+    def generate(self, ids, mask, new_tokens: int):
+        """Greedy decode of exactly `new_tokens` tokens (for decode-speed timing)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                num_beams=1, pad_token_id=self.pad_id)
+
+
+@dataclass
+class SpeechToText:
+    """A Whisper-style encoder-decoder behind `transcribe` (greedy, batched)."""
+
+    model: Any
+    processor: Any
+    backend: str
+    dtype: str
+    device: str = "cpu"
+    modality: str = "asr"
+    multilingual: bool = False
+    max_new_tokens: int = 128
+
+    def transcribe(self, audios: list, language: str = "en", sampling_rate: int = 16000) -> list[str]:
+        """audios: B float32 mono arrays at `sampling_rate` -> B raw (un-normalised) texts."""
+        import torch
+
+        feats = self.processor.feature_extractor(audios, sampling_rate=sampling_rate,
+                                                 return_tensors="pt")
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": 1,
+                                  "do_sample": False}
+        if self.multilingual:
+            # Forced, not detected: detection errors would show up as WER we did not ask about.
+            kwargs.update(language=language, task="transcribe")
+        elif language != "en":
+            raise DistillError(f"this English-only model cannot transcribe language '{language}'",
+                               "use a multilingual model for this suite")
+        features = feats.input_features.to(self.device)
+        if self.backend == "torch-eager":
+            features = features.to(next(self.model.parameters()).dtype)
+        with torch.inference_mode():
+            out = self.model.generate(features, **kwargs)
+        return self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def _config(path: str) -> dict:
+    cfg = Path(path) / "config.json"
+    return json.loads(cfg.read_text()) if cfg.is_file() else {}
+
+
+def is_speech(path: str) -> bool:
+    return _config(path).get("model_type") in ("whisper", "qwen3_asr")
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _dtype_name(model) -> str:
+    try:
+        return str(next(model.parameters()).dtype).removeprefix("torch.")
+    except (StopIteration, AttributeError):
+        return "float32"
+
+
+def _whisper(model, path: str, backend: str, device: str) -> SpeechToText:
+    from transformers import WhisperProcessor
+
+    processor = WhisperProcessor.from_pretrained(path)
+    gen = getattr(model, "generation_config", None)
+    multi = getattr(gen, "is_multilingual", None)
+    if multi is None:
+        multi = len(processor.tokenizer) >= 51865  # English-only vocabularies are one token shorter
+    return SpeechToText(model=model, processor=processor, backend=backend,
+                        dtype=_dtype_name(model) if backend != "onnxruntime" else "float32",
+                        device=device, multilingual=bool(multi))
+
+
+def load_hf_causal_lm(path: str, device: str = "cpu", manifest=None) -> CausalLM:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    return CausalLM(model=model, tokenizer=_tokenizer(path), backend="torch-eager",
+                    dtype=_dtype_name(model), device=device)
+
+
+def load_hf_whisper(path: str, device: str = "cpu", manifest=None) -> SpeechToText:
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    return _whisper(model, path, "torch-eager", device)
+
+
+def load_qwen3_asr(path: str, device: str = "cpu", manifest=None):
+    raise DistillError("the qwen3-asr adapter is not available yet (the qwen-asr package is not "
+                       "part of this install)", "evaluate Whisper artifacts, or install qwen-asr "
+                       "and add its loader to distill/evaluation/adapters.py")
+
+
+def _base_of_adapter(path: str, manifest) -> str:
+    from distill.evaluation.loading import resolve_model
+
+    extra = getattr(manifest, "extra", None) or {}
+    base = extra.get("base") or json.loads((Path(path) / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path")
+    if not base:
+        raise DistillError(f"PEFT adapter '{path}' does not name its base model",
+                           "set base_model_name_or_path in adapter_config.json or manifest extra.base")
+    return resolve_model(base).source
+
+
+def load_peft_adapter(path: str, device: str = "cpu", manifest=None):
+    from peft import PeftModel
+
+    base_path = _base_of_adapter(path, manifest)
+    base = (load_hf_whisper if is_speech(base_path) else load_hf_causal_lm)(base_path, device)
+    model = PeftModel.from_pretrained(base.model, path).eval()
+    base.model = model
+    if isinstance(base, CausalLM):
+        base.__post_init__()
+    return base
+
+
+def _bnb_config(path: str, manifest):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = ((getattr(manifest, "extra", None) or {}).get("quantization")) or {}
+    if q.get("bits") == 8 or q.get("load_in_8bit"):
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if q.get("bits") == 4 or q.get("load_in_4bit"):
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.get("quant_type", "nf4"),
+                                  bnb_4bit_compute_dtype=torch.float32,
+                                  bnb_4bit_use_double_quant=bool(q.get("double_quant", False)))
+    raise DistillError(f"bnb artifact '{path}' has no quantization_config in config.json and no "
+                       "manifest extra.quantization {bits: 4|8}", "re-run the quantize stage")
+
+
+def load_bnb(path: str, device: str = "cpu", manifest=None):
+    """bitsandbytes quantizes at load time: a saved quantization_config or manifest settings."""
+    import torch
+    from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if "quantization_config" not in _config(path):
+        kwargs["quantization_config"] = _bnb_config(path, manifest)
+    if device == "cpu":
+        kwargs["device_map"] = {"": "cpu"}
+    if is_speech(path):
+        model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs).eval()
+        return _whisper(model, path, "bitsandbytes", device)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    cfg = model.config.quantization_config
+    dtype = "int8" if getattr(cfg, "load_in_8bit", False) else getattr(cfg, "bnb_4bit_quant_type", "4bit")
+    return CausalLM(model=model, tokenizer=_tokenizer(path), backend="bitsandbytes", dtype=dtype,
+                    device=device)
+
+
+def load_torch_dynamic_quant(path: str, device: str = "cpu", manifest=None):
+    """fp32 weights on disk; torch.ao dynamic INT8 Linear applied at load (it is deterministic)."""
+    import torch
+
+    if device != "cpu":
+        raise DistillError("torch dynamic quantization runs on CPU only", "use --device cpu")
+    inner = (load_hf_whisper if is_speech(path) else load_hf_causal_lm)(path, "cpu")
+    inner.model = torch.ao.quantization.quantize_dynamic(inner.model, {torch.nn.Linear},
+                                                         dtype=torch.qint8)
+    inner.backend, inner.dtype = "torch-dynamic-quant", "qint8-dynamic"
+    return inner
+
+
+def load_onnx(path: str, device: str = "cpu", manifest=None):
+    """optimum-onnx ORTModel: decoder-only LMs and Whisper-style speech seq2seq."""
+    provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
+    if is_speech(path):
+        from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
+
+        model = ORTModelForSpeechSeq2Seq.from_pretrained(path, provider=provider)
+        return _whisper(model, path, "onnxruntime", device)
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(path, provider=provider)
+    quantized = any("quantized" in p.name or "int8" in p.name for p in Path(path).glob("*.onnx"))
+    return CausalLM(model=model, tokenizer=_tokenizer(path), backend="onnxruntime",
+                    dtype="int8" if quantized else "float32", device=device)
+
+
+ADAPTERS = {
+    "hf-causal-lm": load_hf_causal_lm,
+    "hf-whisper": load_hf_whisper,
+    "qwen3-asr": load_qwen3_asr,
+    "peft-adapter": load_peft_adapter,
+    "bnb": load_bnb,
+    "torch-dynamic-quant": load_torch_dynamic_quant,
+    "onnx": load_onnx,
+}

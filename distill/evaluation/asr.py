@@ -1,0 +1,97 @@
+"""ASR tasks: decode audio, transcribe in length-sorted batches, score WER/CER from raw text.
+
+Audio that fails to decode is skipped with a warning and counted in the metrics (never silently);
+predictions are stored exactly as the model produced them and normalised only when scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tqdm import tqdm
+
+from distill.errors import DistillError
+from distill.evaluation import metrics
+from distill.evaluation.data import item_id
+from distill.evaluation.tasks import AsrTask
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # every Whisper-style feature extractor expects 16 kHz mono
+
+
+def load_audio(path: str):
+    """-> float32 mono array at 16 kHz. Raises on undecodable files (the caller counts them)."""
+    import numpy as np
+    import soundfile as sf
+
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        import librosa
+
+        audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE)
+    if audio.size == 0:
+        raise ValueError("empty audio")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def load_items(spec: AsrTask, rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """-> (decoded items with id/audio/reference/seconds, skipped rows with the reason)."""
+    items, skipped = [], []
+    for i, row in enumerate(tqdm(rows, desc=f"{spec.name} audio", unit="utt", leave=False)):
+        iid = item_id(row, spec, i)
+        try:
+            audio = load_audio(str(row[spec.audio_field]))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means: skip and count
+            skipped.append({"id": iid, "skipped": f"audio decode failed: {type(exc).__name__}: {exc}"})
+            continue
+        items.append({"id": iid, "audio": audio, "reference": str(row[spec.text_field]),
+                      "seconds": len(audio) / SAMPLE_RATE})
+    if skipped:
+        logger.warning("task %s: skipped %d of %d utterances whose audio failed to decode (first: %s)",
+                       spec.name, len(skipped), len(rows), skipped[0]["skipped"])
+    if not items:
+        raise DistillError(f"task '{spec.name}': no utterance could be decoded",
+                           "check the dataset's audio files (reinstall the asset)")
+    return items, skipped
+
+
+def transcribe(asr, items: list[dict], batch_size: int, language: str, desc: str = "asr"):
+    """Length-sorted batches (longest first) -> (predictions in item order, per-batch timings)."""
+    order = sorted(range(len(items)), key=lambda i: items[i]["seconds"], reverse=True)
+    preds: list[str | None] = [None] * len(items)
+    timings = []  # (audio seconds, compute seconds, batch size) per batch
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start: start + batch_size]
+        t0 = time.perf_counter()
+        texts = asr.transcribe([items[i]["audio"] for i in idx], language=language)
+        timings.append((sum(items[i]["seconds"] for i in idx), time.perf_counter() - t0, len(idx)))
+        for i, text in zip(idx, texts):
+            preds[i] = text
+    return preds, timings
+
+
+def run(spec: AsrTask, asr, rows: list[dict], batch_size: int):
+    """-> (metric dicts, per-sample rows, timings)."""
+    items, skipped = load_items(spec, rows)
+    preds, timings = transcribe(asr, items, batch_size, spec.language, desc=spec.name)
+    refs = [it["reference"] for it in items]
+    scores = metrics.asr_scores(preds, refs, spec.normalizer)
+    samples = []
+    for it, pred in zip(items, preds):
+        err = metrics.utterance_errors(pred, it["reference"], spec.normalizer)
+        samples.append({"id": it["id"], "prediction": pred, "reference": it["reference"],
+                        "audio_s": round(it["seconds"], 4), **err})
+    samples.extend(skipped)
+    extra = {k: scores[k] for k in ("substitutions", "insertions", "deletions", "n_ref_words",
+                                    "n_empty_refs")}
+    extra.update(n_decode_failed=len(skipped), normalizer=spec.normalizer, language=spec.language)
+    found = []
+    for name in spec.metrics:
+        if name not in ("wer", "wer_ortho", "cer"):
+            raise DistillError(f"task '{spec.name}': unknown metric '{name}'", "use wer, wer_ortho or cer")
+        found.append({"metric": name, "value": scores[name], "stderr": None, "n": scores["n"],
+                      "higher_is_better": False, "extra": extra})
+    return found, samples, timings

@@ -1,0 +1,129 @@
+"""`distill eval`: evaluate one model on one suite and write its result record.
+
+Order matters for the user's time: the suite, the model reference and every task's rows are
+checked before any weights load; the record is written only after everything succeeded, so an
+interrupted or failed eval leaves the previous record (or none) untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from distill.errors import DistillError
+from distill.evaluation import asr as asr_task
+from distill.evaluation import mc, perplexity, results, throughput
+from distill.evaluation.adapters import ADAPTERS
+from distill.evaluation.data import task_rows
+from distill.evaluation.loading import ModelRef, count_params, resolve_model
+from distill.evaluation.tasks import EVAL_DIR, load_suite, load_task
+
+logger = logging.getLogger(__name__)
+
+_RUNNERS = {"multiple_choice": "lm", "perplexity": "lm", "asr": "asr"}
+
+
+def _family(ref: ModelRef) -> str:
+    return ref.lineage[-1] if ref.lineage else ref.artifact_id
+
+
+def _provenance(ref: ModelRef, suite, limit, device, batch_size, threads) -> dict:
+    from distill import provenance
+
+    return {"git": provenance.git_state(), "versions": provenance.versions(),
+            "machine": provenance.machine(device), "created": provenance.now(),
+            "suite": suite.name, "suite_version": suite.version, "limit": limit,
+            "batch_size": batch_size, "threads": threads, "model_source": ref.source}
+
+
+def _run_task(spec, adapter, rows, batch_size: int):
+    if spec.type == "multiple_choice":
+        found, samples = mc.run(spec, adapter, rows, batch_size)
+        return found, samples, None
+    if spec.type == "perplexity":
+        found, samples = perplexity.run(spec, adapter, rows, max(1, batch_size // 2))
+        return found, samples, None
+    return asr_task.run(spec, adapter, rows, batch_size)
+
+
+def _throughput(suite, adapter, rows: dict[str, list[dict]]) -> list[dict]:
+    spec = suite.throughput
+    if spec is None:
+        return []
+    if spec.kind == "lm":
+        text = (EVAL_DIR / spec.text_file).read_text() if spec.text_file else ""
+        return throughput.measure_lm(adapter, text, spec.batch_size, spec.warmup, spec.n,
+                                     spec.prompt_tokens, spec.new_tokens)
+    task = load_task(spec.task or suite.tasks[0])
+    items, _ = asr_task.load_items(task, rows.get(task.name) or task_rows(task, None))
+    return throughput.measure_asr(adapter, items, spec.batch_size, spec.warmup, spec.n, task.language)
+
+
+def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str | None = None,
+             results_dir: Path = Path("results"), device: str = "cpu", batch_size: int | None = None,
+             threads: int | None = None) -> Path:
+    """Evaluate `model` on `suite`; write results_dir/<artifact id>.json + samples; return its path."""
+    started = time.perf_counter()
+    suite_spec = load_suite(suite)
+    tasks = [load_task(name) for name in suite_spec.tasks]
+    ref = resolve_model(model)
+    base_record = results.find_baseline(baseline, results_dir) if baseline else None
+    rows = {t.name: task_rows(t, limit) for t in tasks}  # fails on missing/empty data before loading
+    if limit is not None and all(len(r) < limit for r in rows.values()):
+        raise DistillError(f"--limit {limit} exceeds the size of every task in suite '{suite_spec.name}' "
+                           f"(largest: {max(len(r) for r in rows.values())})", "use a smaller --limit")
+    batch = batch_size or suite_spec.batch_size
+    if batch < 1:
+        raise DistillError(f"batch size {batch} is not positive", "pass --batch-size N with N >= 1")
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DistillError(f"device '{device}' requested but CUDA is not available", "use --device cpu")
+    adapter = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
+    if adapter.modality != suite_spec.modality:
+        raise DistillError(f"suite '{suite_spec.name}' is for {suite_spec.modality} models but "
+                           f"'{model}' is an {adapter.modality} model", "pick a suite of its modality")
+    logger.info("evaluating %s (%s, %s) on suite %s", ref.artifact_id, ref.adapter, adapter.backend,
+                suite_spec.name)
+
+    when = _provenance(ref, suite_spec, limit, device, batch, torch.get_num_threads())
+    metrics_out, samples = [], []
+    for spec in tasks:
+        t0 = time.perf_counter()
+        found, task_samples, timings = _run_task(spec, adapter, rows[spec.name], batch)
+        for m in found:
+            m["extra"]["wall_s"] = round(time.perf_counter() - t0, 3)
+            if timings:
+                audio = sum(a for a, _, _ in timings)
+                m["extra"]["eval_rtfx"] = round(audio / sum(c for _, c, _ in timings), 3)
+            metrics_out.append(results.Metric(task=spec.name, task_version=spec.version, suite=suite_spec.name,
+                                              limit=limit, evaluated=when["created"], **m))
+        samples.extend({"task": spec.name, **s} for s in task_samples)
+        logger.info("%s: %s (%.1f s)", spec.name,
+                    ", ".join(f"{m['metric']}={m['value']:.4f}" for m in found), time.perf_counter() - t0)
+    speed = _throughput(suite_spec, adapter, rows) + throughput.peak_memory(device)
+    when["eval_wall_s"] = round(time.perf_counter() - started, 3)
+
+    record = results.Record(
+        artifact_id=ref.artifact_id, kind=ref.kind, adapter=ref.adapter, family=_family(ref),
+        modality=adapter.modality, params=ref.params or count_params(adapter.model),
+        size_bytes=ref.size_bytes, lineage=ref.lineage, recipe_sha256=ref.recipe_sha256,
+        run_id=ref.run_id, provenance=when, metrics=metrics_out,
+        throughput=[results.Throughput(suite=suite_spec.name, **t) for t in speed],
+        samples=results.samples_relpath(ref.artifact_id))
+    if base_record is not None:
+        record.recovery = results.recovery(record.metrics, base_record)
+    path = results.record_path(results_dir, ref.artifact_id)
+    old, old_samples = None, []
+    if path.is_file():
+        old = results.load_record(path)
+        if (Path(results_dir) / old.samples).is_file():
+            old_samples = results.read_samples(results_dir, old)
+    record, samples = results.merge(old, record, samples, old_samples)
+    out = results.write(results_dir, record, samples)
+    logger.info("wrote %s", out)
+    return out

@@ -1,0 +1,142 @@
+"""Speed numbers with their conditions: LM prefill/decode tokens/s, ASR RTFx and latency, memory.
+
+A number without batch size, dtype, threads, device, backend, warm-up and timer is not comparable
+(Open ASR Leaderboard saw RTFx move 633 -> 729 from warm-up alone), so every entry carries them.
+Timing uses time.perf_counter around whole calls, after `warmup` untimed batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import sys
+import time
+
+from distill.errors import DistillError
+
+logger = logging.getLogger(__name__)
+
+TIMER = "time.perf_counter"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine()
+
+
+def conditions(adapter, batch_size: int, warmup: int, n: int) -> dict:
+    import torch
+
+    return {"batch_size": batch_size, "dtype": adapter.dtype, "threads": torch.get_num_threads(),
+            "device": adapter.device, "device_name": device_name(adapter.device),
+            "backend": adapter.backend, "warmup_steps": warmup, "timer": TIMER, "n": n}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default rule), q in [0, 100]."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("no values")
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def rtfx(audio_seconds: float, compute_seconds: float) -> float:
+    """Inverse real-time factor: seconds of audio transcribed per second of compute."""
+    return audio_seconds / compute_seconds
+
+
+def peak_memory(device: str) -> list[dict]:
+    """Peak resident memory of this process (whole run so far) and, on GPU, peak allocated."""
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    out = [{"kind": "peak_rss_bytes", "value": float(rss), "unit": "bytes"}]
+    if device.startswith("cuda"):
+        import torch
+
+        out.append({"kind": "peak_gpu_allocated_bytes", "unit": "bytes",
+                    "value": float(torch.cuda.max_memory_allocated(torch.device(device)))})
+    return out
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure_lm(lm, text: str, batch_size: int, warmup: int, n: int, prompt_tokens: int,
+               new_tokens: int) -> list[dict]:
+    """Prefill tok/s (one forward over B x prompt_tokens) and decode tok/s (greedy, KV cache).
+
+    Decode time = generate(prompt, new_tokens) - prefill time of the same batch, so decode tok/s
+    counts only the B x new_tokens generated tokens. n = timed batches x batch_size sequences.
+    """
+    import torch
+
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    need = prompt_tokens * batch_size
+    if len(ids) < prompt_tokens:
+        raise DistillError(f"throughput text has {len(ids)} tokens, fewer than prompt_tokens="
+                           f"{prompt_tokens}", "use a longer text_file or fewer prompt_tokens")
+    ids = (ids * (need // len(ids) + 1))[:need]  # distinct prompts per row where the text allows
+    batch = torch.tensor(ids).view(batch_size, prompt_tokens)
+    mask = torch.ones_like(batch)
+    n_batches = max(1, -(-n // batch_size))
+    for _ in range(warmup):
+        lm.last_logprobs(batch.tolist())
+        lm.generate(batch, mask, new_tokens)
+    prefill, gen = [], []
+    for _ in range(n_batches):
+        _sync(lm.device)
+        t0 = time.perf_counter()
+        lm.last_logprobs(batch.tolist())
+        _sync(lm.device)
+        t1 = time.perf_counter()
+        lm.generate(batch, mask, new_tokens)
+        _sync(lm.device)
+        t2 = time.perf_counter()
+        prefill.append(t1 - t0)
+        gen.append(t2 - t1)
+    cond = conditions(lm, batch_size, warmup, n_batches * batch_size)
+    cond.update(prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    t_prefill, t_gen = sum(prefill), sum(gen)
+    decode_s = max(t_gen - t_prefill, 1e-9)
+    return [
+        {"kind": "lm_prefill_tok_s", "value": n_batches * batch_size * prompt_tokens / t_prefill,
+         "unit": "tokens/s", "conditions": cond},
+        {"kind": "lm_decode_tok_s", "value": n_batches * batch_size * new_tokens / decode_s,
+         "unit": "tokens/s", "conditions": cond},
+    ]
+
+
+def measure_asr(asr, items: list[dict], batch_size: int, warmup: int, n: int, language: str) -> list[dict]:
+    """RTFx = sum(audio s) / sum(compute s) over the first n items, length-sorted, after warm-up.
+
+    Latency per utterance = the wall time of the batch it was in (what a caller waits for).
+    """
+    from distill.evaluation.asr import transcribe
+
+    timed = items[:n]
+    if not timed:
+        raise DistillError("no audio to time", "check the suite's throughput task")
+    for _ in range(warmup):
+        asr.transcribe([it["audio"] for it in timed[:batch_size]], language=language)
+    _, timings = transcribe(asr, timed, batch_size, language, desc="asr throughput")
+    audio_s = sum(a for a, _, _ in timings)
+    compute_s = sum(c for _, c, _ in timings)
+    latencies = [c for _, c, b in timings for _ in range(b)]
+    cond = conditions(asr, batch_size, warmup, len(timed))
+    cond["audio_seconds"] = round(audio_s, 3)
+    return [
+        {"kind": "asr_rtfx", "value": rtfx(audio_s, compute_s), "unit": "x realtime", "conditions": cond},
+        {"kind": "asr_latency_p50_s", "value": percentile(latencies, 50), "unit": "s", "conditions": cond},
+        {"kind": "asr_latency_p95_s", "value": percentile(latencies, 95), "unit": "s", "conditions": cond},
+    ]
