@@ -40,8 +40,13 @@ def _pick_splits(ds, split, source: str) -> list[dict]:
                 raise DistillError(f"dataset '{source}' has no split '{name}'", f"valid: {names}")
             rows.extend(_rows(ds[name]))
         return rows
-    # A single split: the task's split name is then only documentation.
-    return _rows(ds)
+    rows = _rows(ds)
+    if split is not None and rows and "split" in rows[0]:
+        # Speech sets are one Dataset with a `split` column (tts: train/dev/test by row).
+        wanted = {split} if isinstance(split, str) else set(split)
+        return [r for r in rows if r["split"] in wanted]
+    # A single evaluation set: the task's split name is then only documentation.
+    return rows
 
 
 def _rows(ds) -> list[dict]:
