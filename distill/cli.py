@@ -99,6 +99,8 @@ def _validate(args) -> int:
     from distill import recipe
 
     r = recipe.load(args.recipe, args.overrides)
+    for note in recipe.check_references(r):
+        print(f"note: {note}", file=sys.stderr)
     if args.print_:
         print(recipe.dump(r), end="")
     kinds = " -> ".join(recipe.stage_name(i, s) for i, s in enumerate(r.stages))

@@ -81,10 +81,10 @@ class TextData(Spec):
 # ------------------------------------------------------------------------------------- training
 class TrainSpec(Spec):
     steps: int = Field(100, gt=0, description="optimizer steps")
-    batch_size: int = Field(8, gt=0, description="sequences per micro-batch")
+    batch_size: int = Field(8, gt=0, description="sequences per micro-batch, per process")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up before cosine decay")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a share of peak lr")
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip gradients (None = off)")
@@ -92,8 +92,14 @@ class TrainSpec(Spec):
     log_every: int = Field(10, gt=0, description="write metrics every N steps")
     eval_every: int | None = Field(None, gt=0, description="held-out loss every N steps (None = at end)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="compute dtype: auto = fp32 on CPU, bf16 on GPU"
+        "auto", description="compute dtype: auto = fp32 on CPU, bf16 autocast on GPU"
     )
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSpec:
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        return self
 
 
 class LossSpec(Spec):
@@ -102,12 +108,15 @@ class LossSpec(Spec):
     )
     beta: float = Field(0.5, ge=0, le=1, description="JSD interpolation (0 = forward KL, 1 = reverse)")
     temperature: float = Field(1.0, description="softens both distributions; loss scaled by T^2")
-    kd_weight: float = Field(1.0, ge=0, description="weight of the distillation term")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the distillation term (0 = CE-only baseline)")
     ce_weight: float = Field(0.0, ge=0, description="weight of next-token cross-entropy on the data")
-    top_k: int | None = Field(None, gt=0, description="sparse KD over the teacher's top-k tokens")
+    top_k: int | None = Field(
+        None, gt=0, description="sparse KD over the teacher's top-k tokens (+ one tail bucket); "
+        "required by teacher_mode offline, where it is also the cache's k"
+    )
     chunk_size: int = Field(256, gt=0, description="tokens per loss chunk (bounds logit memory)")
-    hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state matching")
-    hidden_loss: Literal["mse", "cosine"] = Field("mse")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of hidden-state matching over the layer map")
+    hidden_loss: Literal["mse", "cosine"] = Field("mse", description="hidden-state distance")
 
     @field_validator("temperature")
     @classmethod
@@ -131,17 +140,31 @@ class StudentSpec(Spec):
         "model = load `model` as is",
     )
     model: ModelRef | None = Field(None, description="student model (for init=config or model)")
-    num_layers: int | None = Field(None, gt=0, description="student depth for init=layer_map")
-    layers: list[int] | None = Field(None, description="explicit teacher layer indices to keep")
+    num_layers: int | None = Field(None, gt=0, description="student depth for init=layer_map/moe_merge")
+    layers: list[int] | None = Field(None, description="explicit teacher layer indices to keep, ascending")
     merge: Literal["frequency", "uniform", "top_k"] = Field(
         "frequency", description="expert merge for init=moe_merge"
     )
     merge_top_k: int = Field(2, gt=0, description="experts kept by merge=top_k")
+    calibration_blocks: int = Field(
+        64, gt=0, description="training blocks the router frequencies are counted on (moe_merge)"
+    )
 
     @model_validator(mode="after")
     def _needs_model(self) -> StudentSpec:
         if self.init in ("config", "model") and self.model is None:
             raise ValueError(f"student init '{self.init}' needs `student.model`")
+        if self.init in ("layer_map", "moe_merge") and self.model is not None:
+            raise ValueError(f"student init '{self.init}' builds the student from the teacher: "
+                             "remove `student.model` (or use init: model)")
+        if self.layers is not None:
+            if not self.layers or any(i < 0 for i in self.layers):
+                raise ValueError("student.layers must be a non-empty list of teacher indices >= 0")
+            if sorted(set(self.layers)) != self.layers:
+                raise ValueError("student.layers must be ascending without repeats (e.g. [0, 5, 11])")
+            if self.num_layers is not None and self.num_layers != len(self.layers):
+                raise ValueError(f"student.num_layers={self.num_layers} disagrees with "
+                                 f"{len(self.layers)} student.layers: give one of them")
         return self
 
 
@@ -150,16 +173,50 @@ class StageBase(Spec):
     name: str | None = Field(None, description="stage name (default: <index>-<kind>)")
 
 
+class TeacherCacheSpec(Spec):
+    """Offline teacher: top-k log-probs + ids written once in shards, read back every step."""
+
+    dir: str | None = Field(
+        None, description="cache directory (default: <run>/teacher_cache/<stage>); reused across runs "
+        "when the teacher hash and data match"
+    )
+    shard_blocks: int = Field(256, gt=0, description="blocks per shard file (resume granularity)")
+    batch_size: int = Field(8, gt=0, description="teacher forward batch while filling the cache")
+
+
 class DistillStage(StageBase):
     kind: Literal["distill"]
     teacher: ModelRef = Field(description="the model to learn from")
-    student: StudentSpec = Field(default_factory=StudentSpec)
-    data: TextData
-    loss: LossSpec = Field(default_factory=LossSpec)
+    student: StudentSpec = Field(default_factory=StudentSpec, description="how the student is built")
+    data: TextData = Field(description="training text")
+    loss: LossSpec = Field(default_factory=LossSpec, description="what the student is trained to match")
     teacher_mode: Literal["online", "offline"] = Field(
         "online", description="online = teacher forward each step; offline = cached top-k log-probs"
     )
-    train: TrainSpec = Field(default_factory=TrainSpec)
+    cache: TeacherCacheSpec = Field(default_factory=TeacherCacheSpec, description="offline teacher cache")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
+
+    @model_validator(mode="after")
+    def _mode_rules(self) -> DistillStage:
+        if self.teacher_mode == "offline":
+            if self.loss.kd_weight and self.loss.top_k is None:
+                raise ValueError("teacher_mode offline caches top-k log-probs: set loss.top_k (e.g. 64)")
+            if self.loss.hidden_weight:
+                raise ValueError("teacher_mode offline caches no hidden states: set loss.hidden_weight: 0 "
+                                 "or use teacher_mode online")
+        return self
+
+
+class TrainStage(StageBase):
+    """Plain next-token training of a model (e.g. the MoE teacher a MoE->dense recipe distils)."""
+
+    kind: Literal["train"]
+    model: ModelRef = Field(description="the model to train (inline config = from scratch)")
+    data: TextData = Field(description="training text")
+    router_aux_weight: float | None = Field(
+        None, ge=0, description="MoE load-balancing loss weight (None = the model config's coefficient)"
+    )
+    train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
 
 
 class LoraStage(StageBase):
@@ -192,9 +249,10 @@ class ExportStage(StageBase):
 
 
 Stage = Annotated[
-    Union[DistillStage, LoraStage, PruneStage, QuantizeStage, ExportStage], Field(discriminator="kind")
+    Union[DistillStage, TrainStage, LoraStage, PruneStage, QuantizeStage, ExportStage],
+    Field(discriminator="kind"),
 ]
-STAGE_KINDS = ("distill", "lora", "prune", "quantize", "export")
+STAGE_KINDS = ("distill", "train", "lora", "prune", "quantize", "export")
 
 
 class EvalSpec(Spec):
@@ -237,9 +295,9 @@ class Recipe(Spec):
                 raise ValueError(
                     f"stage {i} ({stage.kind}) follows a LoRA stage with merge: false; set merge: true"
                 )
-            if stage.kind != "distill" and i == 0:
+            if stage.kind not in ("distill", "train") and i == 0:
                 raise ValueError(f"the first stage is '{stage.kind}', which needs an input model: "
-                                 "start with a distill stage")
+                                 "start with a distill or train stage")
         return self
 
 
@@ -249,6 +307,21 @@ def stage_name(index: int, stage: Any) -> str:
 
 # ----------------------------------------------------------------------------- load / override
 _REF = re.compile(r"\$\{([^}]+)\}")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`; users write 1e-4)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 def _lookup(data: Any, dotted: str) -> Any:
@@ -299,7 +372,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not p for p in key.split(".")) or " " in key:
         raise DistillError(f"bad override '{item}'", "write overrides as dotted.key=value, e.g. seed=1")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = safe_load(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -334,7 +407,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise DistillError(f"recipe file '{path}' not found", "check the path (recipes live in recipes/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -352,7 +425,7 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
         if isinstance(part, int) or model is None:
             continue
         if part in STAGE_KINDS:  # discriminated-union tag in the location
-            model = {"distill": DistillStage, "lora": LoraStage, "prune": PruneStage,
+            model = {"distill": DistillStage, "train": TrainStage, "lora": LoraStage, "prune": PruneStage,
                      "quantize": QuantizeStage, "export": ExportStage}[part]
             continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
@@ -427,3 +500,65 @@ def dump(recipe: Recipe) -> str:
 
 def sha256(recipe: Recipe) -> str:
     return hashlib.sha256(dump(recipe).encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------ reference checks
+def _looks_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.endswith((".txt", ".jsonl", ".json")) \
+        or source.count("/") > 1
+
+
+def check_references(r: Recipe) -> list[str]:
+    """Fail early on references that cannot work; return notes about ones that may later.
+
+    Errors: an unknown `asset:` id, a local path that does not exist, a `stage:` that is not an
+    earlier stage. Notes: a known asset that is not installed yet (`distill assets install`).
+    Runs before anything is written, and without torch, so `validate` catches these too.
+    """
+    notes: list[str] = []
+    earlier: list[str] = []
+
+    def check(source: str | None, where: str) -> None:
+        if source is None:
+            return
+        if source.startswith("asset:"):
+            notes.extend(_check_asset(source.removeprefix("asset:"), where))
+        elif source.startswith("stage:"):
+            name = source.removeprefix("stage:")
+            if name not in earlier:
+                raise DistillError(f"{where}: '{source}' is not an earlier stage",
+                                   f"earlier stages: {', '.join(earlier) or '(none)'}")
+        elif _looks_local(source) and not Path(source).expanduser().exists():
+            raise DistillError(f"{where}: path '{source}' does not exist",
+                               "fix the path (relative paths start from the current directory)")
+
+    for i, stage in enumerate(r.stages):
+        where = f"stages.{i}"
+        for field in ("teacher", "data"):
+            value = getattr(stage, field, None)
+            if value is not None:
+                check(value.source, f"{where}.{field}")
+        student = getattr(stage, "student", None)
+        if student is not None and student.model is not None:
+            check(student.model.source, f"{where}.student.model")
+        earlier.append(stage_name(i, stage))
+    return notes
+
+
+def _check_asset(asset_id: str, where: str) -> list[str]:
+    try:
+        from distill.assets import ASSETS
+    except ImportError:  # asset registry unavailable: leave the check to load time
+        return []
+    if asset_id not in ASSETS:
+        from distill.errors import unknown_choice
+
+        err = unknown_choice("asset", asset_id, ASSETS)
+        raise DistillError(f"{where}: {err.problem}", err.fix)
+    try:
+        from distill.assets import asset_path
+
+        asset_path(asset_id)
+    except DistillError:
+        return [f"{where}: asset '{asset_id}' is not installed yet (distill assets install {asset_id})"]
+    return []
