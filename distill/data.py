@@ -76,8 +76,8 @@ class Blocks:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def batch(self, position: int, batch_size: int) -> torch.Tensor:
-        """Rows number `position` .. `position+batch_size-1` of the endless shuffled stream."""
+    def rows(self, position: int, batch_size: int) -> list[int]:
+        """Block indices at stream positions `position` .. `position+batch_size-1`."""
         import torch
 
         n = len(self)
@@ -89,7 +89,11 @@ class Blocks:
                 gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
                 perms[epoch] = torch.randperm(n, generator=gen)
             rows.append(int(perms[epoch][offset]))
-        return self.tokens[rows]
+        return rows
+
+    def batch(self, position: int, batch_size: int) -> torch.Tensor:
+        """Rows number `position` .. `position+batch_size-1` of the endless shuffled stream."""
+        return self.tokens[self.rows(position, batch_size)]
 
 
 def pack(tokens: torch.Tensor, seq_len: int) -> torch.Tensor:

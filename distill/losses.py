@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+LOGP_FLOOR = -1e4  # exp(-1e4) == 0 in fp32
 
 
 def token_divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, kind: str, beta: float = 0.5) -> torch.Tensor:
@@ -29,15 +30,18 @@ def token_divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, kind: str, beta
     (mode-seeking), jsd = generalized JSD as in TRL's GKD: with M = beta*P_t + (1-beta)*P_s,
     beta*KL(P_t||M) + (1-beta)*KL(P_s||M); beta -> 0 and 1 are taken as forward / reverse KL.
     """
-    # xlogy-style products: 0 * log 0 must be 0, not nan, where a probability underflows.
+    # A log-prob of -inf (masked or underflowed token) would make 0 * (-inf - x) = nan; a floor
+    # far below any real log-prob keeps the product 0 and its gradient finite. Real nans still
+    # propagate, so the training loop can stop on them.
+    s_logp, t_logp = s_logp.clamp(min=LOGP_FLOOR), t_logp.clamp(min=LOGP_FLOOR)
     if kind == "forward_kl" or (kind == "jsd" and beta == 0):
-        return (t_logp.exp() * (t_logp - s_logp)).nan_to_num(0.0).sum(-1)
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
     if kind == "reverse_kl" or (kind == "jsd" and beta == 1):
-        return (s_logp.exp() * (s_logp - t_logp)).nan_to_num(0.0).sum(-1)
+        return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
     if kind == "jsd":
         mix = torch.logsumexp(torch.stack([s_logp + math.log(1 - beta), t_logp + math.log(beta)]), dim=0)
-        kl_t = (t_logp.exp() * (t_logp - mix)).nan_to_num(0.0).sum(-1)
-        kl_s = (s_logp.exp() * (s_logp - mix)).nan_to_num(0.0).sum(-1)
+        kl_t = (t_logp.exp() * (t_logp - mix)).sum(-1)
+        kl_s = (s_logp.exp() * (s_logp - mix)).sum(-1)
         return beta * kl_t + (1 - beta) * kl_s
     raise ValueError(f"unknown divergence '{kind}' (valid: {', '.join(DIVERGENCES)})")
 
@@ -113,12 +117,13 @@ class _FusedChunkedKD(torch.autograd.Function):
     once the gradients w.r.t. the hidden rows and the head weight, then frees the logits. Backward
     only scales the stored gradients. So no [rows, V] tensor outlives its chunk and nothing is
     recomputed (activation checkpointing would redo every head matmul).
+    The teacher is either dense (hidden rows + head weight) or sparse (top-k ids + log-probs).
     """
 
     @staticmethod
-    def forward(ctx, s_hidden, s_head, t_hidden, t_head, labels, weights, opts):
+    def forward(ctx, s_hidden, s_head, teacher_a, teacher_b, labels, weights, opts):
         kd_w, ce_w = weights
-        kind, temperature, beta, chunk = opts
+        kind, temperature, beta, chunk, sparse = opts
         want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         n = labels.numel()
         grad_h = torch.zeros_like(s_hidden, dtype=torch.float32) if want_grad else None
@@ -132,9 +137,14 @@ class _FusedChunkedKD(torch.autograd.Function):
                 s_logits = (h @ w_leaf.t()).float()
                 loss = s_logits.new_zeros(())
                 if kd_w:
-                    with torch.no_grad():
-                        t_logp = F.log_softmax((t_hidden[sl] @ t_head.t()).float() / temperature, dim=-1)
                     s_logp = F.log_softmax(s_logits / temperature, dim=-1)
+                    with torch.no_grad():
+                        if sparse:  # teacher_a: ids [n, k], teacher_b: log-probs [n, k]
+                            t_logp = F.log_softmax(_bucket_logp(teacher_b[sl]) / temperature, dim=-1)
+                        else:  # teacher_a: hidden rows [n, Ht], teacher_b: head [V, Ht]
+                            t_logp = F.log_softmax((teacher_a[sl] @ teacher_b.t()).float() / temperature, -1)
+                    if sparse:
+                        s_logp = _bucket_logp(s_logp.gather(-1, teacher_a[sl].long()))
                     kd = token_divergence(s_logp, t_logp, kind, beta).sum()
                     kd_sum += kd.detach()
                     loss = loss + kd * (kd_w * temperature**2 / n)
@@ -172,29 +182,38 @@ def chunked_kd_ce(
     temperature: float = 1.0,
     beta: float = 0.5,
     chunk_size: int = 256,
+    teacher_top_idx: torch.Tensor | None = None,
+    teacher_top_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """kd_weight * KD * T^2 + ce_weight * CE from final hidden states, never holding [B, S, V].
 
     student_hidden: [B, S, Hs] (after the final norm); student_head: [V, Hs] output-embedding weight
-    (sliced to the shared vocab); teacher_hidden: [B, S, Ht] and teacher_head: [V, Ht] (both may be
-    None when kd_weight is 0); labels: [B, S], -100 ignored. Means are over kept tokens.
+    (sliced to the shared vocab); labels: [B, S], -100 ignored. The teacher is either online,
+    teacher_hidden [B, S, Ht] + teacher_head [V, Ht], or cached, teacher_top_idx [B, S, k] +
+    teacher_top_logp [B, S, k] (then the KD term is `sparse_kd_loss`'s k+1-bucket divergence);
+    all None when kd_weight is 0. Means are over kept tokens.
     Returns (total loss with gradient, KD term * T^2 detached, CE term detached).
-    Gradients are computed during the forward pass, one chunk at a time (see _FusedChunkedKD).
     """
-    if kd_weight and (teacher_hidden is None or teacher_head is None):
-        raise ValueError("kd_weight > 0 needs teacher_hidden and teacher_head")
+    sparse = teacher_top_idx is not None
+    if kd_weight and not sparse and (teacher_hidden is None or teacher_head is None):
+        raise ValueError("kd_weight > 0 needs teacher_hidden + teacher_head, or the cached top-k")
     if not kd_weight and not ce_weight:
         raise ValueError("both kd_weight and ce_weight are 0")
     idx = _kept_rows(labels, labels.numel(), labels.device)
-    s_rows = student_hidden.reshape(-1, student_hidden.shape[-1])[idx]
-    t_rows = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[idx] if kd_weight else None
-    lab = labels.reshape(-1)[idx]
     if idx.numel() == 0:
         zero = student_hidden.sum() * 0.0
         return zero, zero.detach(), zero.detach()
-    total, kd, ce = _FusedChunkedKD.apply(s_rows, student_head, t_rows, teacher_head, lab,
-                                          (kd_weight, ce_weight), (kind, temperature, beta, chunk_size))
-    return total, kd, ce
+    s_rows = student_hidden.reshape(-1, student_hidden.shape[-1])[idx]
+    if not kd_weight:
+        t_a = t_b = None
+    elif sparse:
+        k = teacher_top_idx.shape[-1]
+        t_a, t_b = teacher_top_idx.reshape(-1, k)[idx], teacher_top_logp.reshape(-1, k)[idx]
+    else:
+        t_a, t_b = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[idx], teacher_head
+    lab = labels.reshape(-1)[idx]
+    return _FusedChunkedKD.apply(s_rows, student_head, t_a, t_b, lab, (kd_weight, ce_weight),
+                                 (kind, temperature, beta, chunk_size, sparse))
 
 
 # -------------------------------------------------------------------------------- sparse (top-k)
@@ -203,7 +222,7 @@ def _bucket_logp(top_logp: torch.Tensor) -> torch.Tensor:
     top_logp = top_logp.float()
     rest = torch.logsumexp(top_logp, dim=-1, keepdim=True).clamp(max=0.0)
     # log(1 - exp(a)) for a <= 0, stable near 0; floor keeps log(0) finite when top-k covers all.
-    tail = torch.log(-torch.expm1(rest).clamp(min=1e-30))
+    tail = torch.log((-torch.expm1(rest)).clamp(min=1e-30))
     return torch.cat([top_logp, tail], dim=-1)
 
 

@@ -120,8 +120,8 @@ class _Stepper(torch.nn.Module):
         self.parts = torch.nn.ModuleDict(modules)
         self.step_fn = step_fn
 
-    def forward(self, batch: torch.Tensor):
-        return self.step_fn(batch)
+    def forward(self, *args):
+        return self.step_fn(*args)
 
 
 def make_accelerator(dtype: str):
@@ -140,10 +140,13 @@ def train(
     spec: TrainSpec,
     ctx: RunContext,
     eval_fn: Callable[[], dict[str, float]] | None = None,
+    with_rows: bool = False,
 ) -> dict[str, float]:
     """Optimise the parameters of `modules` (e.g. {"student": model, "proj": projections}).
 
-    step_fn(batch [B, S] token ids) -> (loss to minimise, metrics to log). Returns final metrics.
+    step_fn(batch [B, S] token ids) -> (loss to minimise, metrics to log); with `with_rows` it is
+    called as step_fn(batch, rows) with the block indices (e.g. to look up a teacher cache).
+    Returns final metrics.
     On a non-finite loss it stops with a DistillError naming the step and the last good
     checkpoint (which it never overwrites).
     """
@@ -178,10 +181,11 @@ def train(
         metrics_sum: dict[str, float] = {}
         for micro in range(spec.grad_accum):
             position = step * rows_per_step + (micro * world + rank) * spec.batch_size
-            batch = blocks.batch(position, spec.batch_size).to(acc.device)
+            rows = blocks.rows(position, spec.batch_size)
+            batch = blocks.tokens[rows].to(acc.device)
             sync = micro == spec.grad_accum - 1
             with (acc.no_sync(stepper) if not sync and world > 1 else _nullcontext()), acc.autocast():
-                loss, metrics = stepper(batch)
+                loss, metrics = stepper(batch, rows) if with_rows else stepper(batch)
                 _check_finite(loss, step, ctx, ckpt_root, acc)
                 acc.backward(loss / spec.grad_accum)
             for k, v in metrics.items():

@@ -1,17 +1,21 @@
 """Distillation stage: teach a student to match a teacher's token distributions.
 
-The KD step reads top to bottom: student forward -> teacher forward under no_grad -> KD loss
-(+ CE on the data) -> backward. The student and (when it has no directory of its own) the teacher
-are saved as artifacts so every model in the lineage can be evaluated.
+The KD step reads top to bottom: student body -> teacher body under no_grad (online) or cached
+top-k rows (offline) -> chunked KD + CE from the final hidden states (no [B, S, V] logits) ->
+optional hidden-state loss over the layer map -> backward (in the shared training loop).
+
+kd_weight: 0 makes this the CE-only baseline on the same data, student init and budget (the
+teacher then never runs during training), so KD and CE-only runs differ in the loss alone.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
-from distill import artifacts, losses, models
+from distill import artifacts, losses, models, students
 from distill.artifacts import Artifact
 from distill.context import RunContext
 from distill.data import text_blocks
@@ -21,25 +25,47 @@ from distill.recipe import DistillStage
 logger = logging.getLogger(__name__)
 
 
-def init_student(spec: DistillStage, teacher, ctx: RunContext):
-    """The student model, per `student.init` (config / model; richer inits live in students.py)."""
+def init_student(spec: DistillStage, teacher, ctx: RunContext, calibration: torch.Tensor | None = None):
+    """(student, its tokenizer or None, init facts) per `student.init`."""
     init = spec.student.init
     if init in ("config", "model"):
-        student, _ = models.load_causal_lm(spec.student.model, ctx, seed=ctx.seed + 1)
-        return student
-    from distill import students
+        student, tok = models.load_causal_lm(spec.student.model, ctx, seed=ctx.seed + 1)
+        return student, tok, {"init": init}
+    student, info = students.init_student(spec.student, teacher, ctx, calibration)
+    return student, None, {"init": init, **info}
 
-    return students.init_student(spec.student, teacher, ctx)
+
+def _token_strings(tok, n: int) -> list[str]:
+    return tok.convert_ids_to_tokens(list(range(n)))
 
 
-def check_vocab(student, teacher) -> int:
-    """Number of shared vocabulary rows to compare; padded-vocab mismatches are sliced."""
-    s_vocab = student.get_output_embeddings().weight.shape[0]
-    t_vocab = teacher.get_output_embeddings().weight.shape[0]
-    if s_vocab != t_vocab:
-        logger.warning("vocab sizes differ (student %d, teacher %d): comparing the first %d ids",
-                       s_vocab, t_vocab, min(s_vocab, t_vocab))
-    return min(s_vocab, t_vocab)
+def align_vocab(student, teacher, s_tok=None, t_tok=None) -> int:
+    """Number of leading vocabulary rows both models are compared on.
+
+    Same tokenizer, different padded rows (e.g. 151,936 vs 152,064): slice to the shared rows,
+    logged. Different tokenizers (sizes or id -> token strings differ): a DistillError naming both.
+    """
+    s_rows = students.output_head(student).shape[0]
+    t_rows = students.output_head(teacher).shape[0]
+    if s_tok is not None and t_tok is not None and s_tok is not t_tok:
+        s_n, t_n = len(s_tok), len(t_tok)
+        same = s_n == t_n and _token_strings(s_tok, s_n) == _token_strings(t_tok, t_n)
+        if not same:
+            raise DistillError(
+                f"student and teacher tokenizers differ (student {s_n} tokens / {s_rows} rows, teacher "
+                f"{t_n} tokens / {t_rows} rows): token ids do not mean the same text",
+                "give the student the teacher's tokenizer (student.model.tokenizer), build it from the "
+                "teacher (init: layer_map or moe_merge), or pick a teacher/student pair that shares one",
+            )
+    shared = min(s_rows, t_rows)
+    used = len(t_tok) if t_tok is not None else shared
+    if used > shared:
+        raise DistillError(f"the tokenizer has {used} tokens but the smaller model has only {shared} "
+                           "output rows", "use a student whose vocab covers the tokenizer")
+    if s_rows != t_rows:
+        logger.info("padded vocab differs (student %d rows, teacher %d): comparing the %d shared ids",
+                    s_rows, t_rows, shared)
+    return shared
 
 
 def save_model_artifact(model, tokenizer, ctx: RunContext, name: str, lineage: list[str],
@@ -65,6 +91,31 @@ def teacher_artifact(spec: DistillStage, teacher, tokenizer, ctx: RunContext) ->
     return str(art.path)
 
 
+def hidden_pairs(student, teacher, info: dict) -> list[tuple[int, int]]:
+    """(student, teacher) `hidden_states` indices: layer outputs matched along the layer map."""
+    n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+    layers = info.get("layers") or losses.even_layer_map(n_s, n_t)
+    return [(j + 1, t + 1) for j, t in enumerate(layers)]
+
+
+def heldout_ce(model, heldout: torch.Tensor | None, vocab: int, batch_size: int = 8) -> dict[str, float]:
+    """Mean next-token CE (nats) and perplexity on held-out blocks, chunked (no [B, S, V])."""
+    if heldout is None or len(heldout) == 0:
+        return {}
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(heldout), batch_size):
+            batch = heldout[i : i + batch_size]
+            labels = losses.shift_labels(batch)
+            hidden = students.final_hidden(model, batch)
+            _, _, ce = losses.chunked_kd_ce(hidden, students.output_head(model)[:vocab], None, None, labels,
+                                            kd_weight=0.0, ce_weight=1.0, chunk_size=1024)
+            n = int((labels != -100).sum())
+            total, count = total + float(ce) * n, count + n
+    ce = total / count
+    return {"eval_ce": ce, "eval_ppl": float(torch.tensor(ce).exp())}
+
+
 def run(spec: DistillStage, ctx: RunContext) -> Artifact:
     teacher, tokenizer = models.load_causal_lm(spec.teacher, ctx, seed=ctx.seed)
     for p in teacher.parameters():
@@ -72,43 +123,78 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
     teacher_path = teacher_artifact(spec, teacher, tokenizer, ctx)
     teacher_id = (artifacts.load(teacher_path).artifact_id if artifacts.is_complete(teacher_path)
                   else spec.teacher.source)
-    student = init_student(spec, teacher, ctx)
-    vocab = check_vocab(student, teacher)
     blocks, heldout = text_blocks(spec.data, tokenizer, ctx.seed)
-    if spec.teacher_mode == "offline":
-        raise DistillError("teacher_mode 'offline' is not available in this version",
-                           "use teacher_mode: online")
+    student, s_tok, info = init_student(spec, teacher, ctx, calibration=blocks.tokens)
+    vocab = align_vocab(student, teacher, s_tok, tokenizer)
+    n_student, n_teacher = models.count_params(student), models.count_params(teacher)
+    if n_student > n_teacher:
+        logger.warning("the student (%d params) is larger than the teacher (%d): distillation usually "
+                       "compresses; check student.init / student.model", n_student, n_teacher)
+    student.to(ctx.device)
+    teacher.to(ctx.device)
     loss_spec = spec.loss
+    extra: dict = {"student_init": info, "vocab_compared": vocab, "student_params": n_student,
+                   "teacher_params": n_teacher}
 
-    def step(batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    modules: dict[str, torch.nn.Module] = {"student": student}
+    pairs, projector = [], None
+    if loss_spec.hidden_weight:
+        pairs = hidden_pairs(student, teacher, info)
+        projector = losses.HiddenProjector(student.config.hidden_size, teacher.config.hidden_size, len(pairs))
+        if projector.needed:
+            modules["proj"] = projector
+
+    cache = None
+    if spec.teacher_mode == "offline" and loss_spec.kd_weight:
+        from distill import teacher_cache
+
+        root = spec.cache.dir or str(ctx.run_dir / "teacher_cache" / ctx.stage_name)
+        t_hash = teacher_cache.teacher_hash(teacher)
+        extra["teacher_cache"] = teacher_cache.fill(
+            root, teacher, blocks.tokens, loss_spec.top_k, vocab, spec.cache.shard_blocks,
+            spec.cache.batch_size, t_hash=t_hash)
+        extra["teacher_cache"]["dir"] = str(root)
+        cache = teacher_cache.TeacherCache(root, expect_teacher=t_hash)
+        teacher_head = None
+        del teacher  # the whole point of the cache: training needs no teacher in memory
+    else:
+        teacher_head = students.output_head(teacher)[:vocab]
+    need_teacher = loss_spec.kd_weight > 0 or loss_spec.hidden_weight > 0
+
+    def step(batch: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         labels = losses.shift_labels(batch)
-        s_logits = student(input_ids=batch).logits[..., :vocab]
-        with torch.no_grad():
-            t_logits = teacher(input_ids=batch).logits[..., :vocab]
-        kd = losses.kd_loss(s_logits, t_logits, labels, kind=loss_spec.kind,
-                            temperature=loss_spec.temperature, beta=loss_spec.beta,
-                            chunk_size=loss_spec.chunk_size)
-        total = loss_spec.kd_weight * kd
-        metrics = {"kd": kd.item()}
-        if loss_spec.ce_weight:
-            ce = losses.ce_loss(s_logits, labels)
-            total = total + loss_spec.ce_weight * ce
-            metrics["ce"] = ce.item()
-        metrics["loss"] = total.item()
+        s_out = students.final_hidden(student, batch, all_layers=bool(pairs))
+        s_hidden = s_out[0] if pairs else s_out
+        t_hidden = t_states = top_idx = top_logp = None
+        if cache is not None:
+            top_idx, top_logp = cache.lookup(rows)
+            top_idx, top_logp = top_idx.to(batch.device), top_logp.to(batch.device)
+        elif need_teacher:
+            with torch.no_grad():
+                t_out = students.final_hidden(teacher, batch, all_layers=bool(pairs))
+            t_hidden, t_states = (t_out if pairs else (t_out, None))
+        total, kd, ce = losses.chunked_kd_ce(
+            s_hidden, students.output_head(student)[:vocab], t_hidden, teacher_head, labels,
+            kd_weight=loss_spec.kd_weight, ce_weight=loss_spec.ce_weight, kind=loss_spec.kind,
+            temperature=loss_spec.temperature, beta=loss_spec.beta, chunk_size=loss_spec.chunk_size,
+            teacher_top_idx=top_idx, teacher_top_logp=top_logp,
+        ) if (loss_spec.kd_weight or loss_spec.ce_weight) else (s_hidden.sum() * 0, torch.zeros(()), torch.zeros(()))
+        metrics = {"kd": float(kd), "ce": float(ce)}
+        if pairs:
+            hid = losses.hidden_loss(s_out[1], t_states, pairs, kind=loss_spec.hidden_loss, projector=projector)
+            total = total + loss_spec.hidden_weight * hid
+            metrics["hidden"] = float(hid)
+        metrics["loss"] = float(total)
         return total, metrics
-
-    def heldout_loss() -> dict[str, float]:
-        if heldout is None:
-            return {}
-        with torch.no_grad():
-            ce = sum(losses.ce_loss(student(input_ids=b[None]).logits, losses.shift_labels(b[None])).item()
-                     for b in heldout) / len(heldout)
-        return {"eval_ce": ce}
 
     from distill.training import train
 
-    final = train({"student": student}, step, blocks, spec.train, ctx, eval_fn=heldout_loss)
+    t0 = time.perf_counter()
+    final = train(modules, step, blocks, spec.train, ctx, with_rows=True,
+                  eval_fn=lambda: heldout_ce(student, heldout, vocab))
+    extra["train_seconds"] = round(time.perf_counter() - t0, 2)
     logger.info("stage %s done: %s", ctx.stage_name, {k: round(v, 4) for k, v in final.items()})
     stage_dict = spec.model_dump(mode="json")
     return save_model_artifact(student, tokenizer, ctx, ctx.stage_name, lineage=[teacher_id],
-                               stage=stage_dict, extra={"teacher_path": teacher_path, "final_metrics": final})
+                               stage=stage_dict, extra={"teacher_path": teacher_path, "final_metrics": final,
+                                                        **extra})
