@@ -16,8 +16,9 @@ The engines come from Debian packages extracted with `dpkg -x` (no root): `deb_r
 root of package `name`. Their libraries are found through LD_LIBRARY_PATH, their data through
 command-line flags; nothing installed system-wide is used.
 
-Output layout: `out_dir/audio/<id>.wav` (16 kHz mono PCM16), a `datasets.DatasetDict` saved at
-`out_dir` (load with `datasets.load_from_disk(out_dir)`), and `out_dir/build_info.json`.
+Output layout: `out_dir/audio/<id>.wav` (16 kHz mono PCM16), a `datasets.DatasetDict` saved in
+`out_dir/data` (splits train/dev/test for en, test only for cmn; audio as absolute paths, not
+decoded), and `out_dir/build_info.json` (counts, durations, voices; also returned by `build`).
 """
 
 from __future__ import annotations
@@ -193,12 +194,12 @@ def check_roots(lang: str, deb_roots: dict[str, Path]) -> None:
 
 
 def build(out_dir: Path, lang: str, deb_roots: dict[str, Path], seed: int, *, n: int | None = None,
-          snrs_db: tuple[float, ...] = NOISE_SNRS_DB, workers: int | None = None) -> None:
+          snrs_db: tuple[float, ...] = NOISE_SNRS_DB, workers: int | None = None) -> dict:
     """Synthesise tts-`lang` into `out_dir` (must not exist or be empty). See the module docstring.
 
     n: clean utterances (default 600 for en, 48 for cmn); snrs_db: SNRs of the noisy copies of the
     en test split (one noise kind per copy, kinds rotating pink/brown/music); workers: engine
-    processes run at once (default: CPU count).
+    processes run at once (default: CPU count). Returns the build_info.json summary.
     """
     if lang not in PACKAGES_BY_LANG:
         raise unknown_choice("tts language", lang, PACKAGES_BY_LANG)
@@ -221,6 +222,7 @@ def build(out_dir: Path, lang: str, deb_roots: dict[str, Path], seed: int, *, n:
         else:
             from distill.assets.tts_text import tang_lines
 
+            _import_pypinyin(deb_roots)
             plan = plan_cmn(tang_lines(deb_roots["fortunes-zh"]), n, seed)
         audio_dir = out_dir / "audio"
         audio_dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +237,22 @@ def build(out_dir: Path, lang: str, deb_roots: dict[str, Path], seed: int, *, n:
             bank = noise_bank(engines.sox, deb_roots["asterisk-moh-opsound-wav"], env, tmp)
             rows += noisy_copies([r for r in rows if r["split"] == "test"], bank, snrs_db, seed)
     _save(out_dir, rows, lang)
-    _write_info(out_dir, lang, seed, n, rows, time.perf_counter() - started, snrs_db)
+    return _write_info(out_dir, lang, seed, n, rows, time.perf_counter() - started, snrs_db)
+
+
+def _import_pypinyin(deb_roots: dict[str, Path]) -> None:
+    """pypinyin from the environment, else from an unpacked wheel passed as deb_roots["pypinyin"]."""
+    import importlib
+    import sys
+
+    try:
+        importlib.import_module("pypinyin")
+        return
+    except ImportError:
+        if "pypinyin" not in deb_roots:
+            raise DistillError("tts-cmn needs pypinyin", f"pip install {PYPI_PACKAGES[0]}") from None
+    sys.path.insert(0, str(deb_roots["pypinyin"]))  # a wheel is importable from its unpacked root
+    importlib.import_module("pypinyin")
 
 
 def _english_pools(deb_roots: dict[str, Path], env: dict[str, str]) -> dict[str, list[str]]:
@@ -295,11 +312,13 @@ def _save(out_dir: Path, rows: list[dict], lang: str) -> None:
         chosen = [r for r in rows if r["split"] == split]
         if chosen or lang == "en":
             splits[split] = Dataset.from_dict({k: [r[k] for r in chosen] for k in spec}, features=features)
-    DatasetDict(splits).save_to_disk(str(out_dir))
+    from distill.assets import DATA_DIR
+
+    DatasetDict(splits).save_to_disk(str(out_dir / DATA_DIR))
 
 
 def _write_info(out_dir: Path, lang: str, seed: int, n: int, rows: list[dict], seconds: float,
-                snrs_db: tuple[float, ...]) -> None:
+                snrs_db: tuple[float, ...]) -> dict:
     """Counts and durations per split and engine, beside the data, for the data card."""
     from distill.artifacts import write_json_atomic
 
@@ -310,8 +329,10 @@ def _write_info(out_dir: Path, lang: str, seed: int, n: int, rows: list[dict], s
         s["utterances"] += 1
         s["seconds"] = round(s["seconds"] + r["duration"], 3)
         s["by_source"][r["source"]] = s["by_source"].get(r["source"], 0) + 1
-    write_json_atomic(out_dir / "build_info.json", {
+    info = {
         "asset": f"tts-{lang}", "seed": seed, "n_clean": n, "snrs_db": list(snrs_db),
         "sample_rate": SAMPLE_RATE, "build_seconds": round(seconds, 1), "splits": summary,
         "voices": [asdict(v) for v in (VOICES_EN if lang == "en" else VOICES_CMN)],
-    })
+    }
+    write_json_atomic(out_dir / "build_info.json", info)
+    return info
