@@ -219,33 +219,47 @@ class TrainStage(StageBase):
     train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
 
 
-class LoraStage(StageBase):
+class InputStage(StageBase):
+    """A stage that transforms a model: the previous stage's output, or `model` when given."""
+
+    model: ModelRef | None = Field(
+        None, description="input model (default: the previous stage's artifact)"
+    )
+
+
+class LoraStage(InputStage):
     kind: Literal["lora"]
     rank: int = Field(16, gt=0, description="LoRA rank: higher = more capacity and memory")
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | str = Field("all-linear")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
+    target_modules: list[str] | str = Field("all-linear", description="modules that get adapters")
     merge: bool = Field(True, description="merge adapters into the weights at the end")
-    data: TextData
-    train: TrainSpec = Field(default_factory=TrainSpec)
+    data: TextData = Field(description="training text")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
 
 
-class PruneStage(StageBase):
+class PruneStage(InputStage):
     kind: Literal["prune"]
-    method: Literal["depth", "width", "magnitude"] = Field("depth")
-    keep_layers: list[int] | None = None
-    sparsity: float | None = Field(None, gt=0, lt=1)
+    method: Literal["depth", "width", "magnitude"] = Field("depth", description="what is removed")
+    keep_layers: list[int] | None = Field(None, description="layers kept by method=depth")
+    sparsity: float | None = Field(None, gt=0, lt=1, description="share of weights removed")
 
 
-class QuantizeStage(StageBase):
+class QuantizeStage(InputStage):
     kind: Literal["quantize"]
-    method: Literal["bnb-int8", "bnb-nf4", "torch-dynamic-int8", "ort-int8"] = Field("bnb-int8")
+    method: Literal["bnb-int8", "bnb-nf4", "torch-dynamic-int8"] = Field(
+        "bnb-int8",
+        description="bnb-int8 (LLM.int8), bnb-nf4 (4-bit NormalFloat), torch-dynamic-int8 "
+        "(torch.ao dynamic INT8 Linear); ONNX Runtime INT8 is `kind: export, quantize: int8-dynamic`",
+    )
 
 
-class ExportStage(StageBase):
+class ExportStage(InputStage):
     kind: Literal["export"]
-    format: Literal["onnx"] = "onnx"
-    quantize: Literal["none", "int8-dynamic"] = Field("none", description="ORT quantization")
+    format: Literal["onnx"] = Field("onnx", description="export format (optimum-onnx)")
+    quantize: Literal["none", "int8-dynamic"] = Field(
+        "none", description="ONNX Runtime dynamic INT8 of the exported graph (weights ~4x smaller)"
+    )
 
 
 Stage = Annotated[
@@ -258,9 +272,11 @@ STAGE_KINDS = ("distill", "train", "lora", "prune", "quantize", "export")
 class EvalSpec(Spec):
     suite: str = Field(description="evaluation suite from eval/suites (see `distill ls`)")
     baseline: str | None = Field(
-        None, description="stage name or `teacher` whose record is the recovery baseline"
+        None, description="stage name, `teacher` or `input` whose record is the recovery baseline"
     )
-    include_teacher: bool = Field(True, description="also evaluate the first stage's teacher")
+    include_teacher: bool = Field(
+        True, description="also evaluate the first stage's teacher (or input model)"
+    )
     limit: int | None = Field(None, gt=0, description="items per task (None = all)")
     results_dir: str | None = Field(
         None, description="where records go (default: <run dir>/results)"
@@ -295,9 +311,9 @@ class Recipe(Spec):
                 raise ValueError(
                     f"stage {i} ({stage.kind}) follows a LoRA stage with merge: false; set merge: true"
                 )
-            if stage.kind not in ("distill", "train") and i == 0:
-                raise ValueError(f"the first stage is '{stage.kind}', which needs an input model: "
-                                 "start with a distill or train stage")
+            if i == 0 and isinstance(stage, InputStage) and stage.model is None:
+                raise ValueError(f"the first stage is '{stage.kind}' with no input: give it "
+                                 "`model:` (e.g. asset:whisper-base) or put a stage before it")
         return self
 
 
@@ -418,13 +434,19 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _is_tag(loc: tuple, i: int) -> bool:
+    """Whether loc[i] is the stage-kind tag pydantic inserts after a list index (a kind such as
+    `train` can also be a field name, so position decides, not spelling)."""
+    return loc[i] in STAGE_KINDS and i > 0 and isinstance(loc[i - 1], int)
+
+
 def _model_for(loc: tuple) -> type[BaseModel] | None:
     """The schema class a validation error location points into (for 'did you mean' hints)."""
     model: Any = Recipe
-    for part in loc[:-1]:
+    for i, part in enumerate(loc[:-1]):
         if isinstance(part, int) or model is None:
             continue
-        if part in STAGE_KINDS:  # discriminated-union tag in the location
+        if _is_tag(loc, i):  # discriminated-union tag in the location
             model = {"distill": DistillStage, "train": TrainStage, "lora": LoraStage, "prune": PruneStage,
                      "quantize": QuantizeStage, "export": ExportStage}[part]
             continue
@@ -450,7 +472,7 @@ def explain(exc: ValidationError, source: str) -> DistillError:
     """Turn pydantic's report into one line: where, what, and how to fix it."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
-    where = ".".join(str(p) for p in loc if p not in STAGE_KINDS) or "(top level)"
+    where = ".".join(str(p) for i, p in enumerate(loc) if not _is_tag(loc, i)) or "(top level)"
     if err["type"] == "extra_forbidden":
         key = str(loc[-1])
         model = _model_for(loc)
@@ -534,7 +556,7 @@ def check_references(r: Recipe) -> list[str]:
 
     for i, stage in enumerate(r.stages):
         where = f"stages.{i}"
-        for field in ("teacher", "data"):
+        for field in ("teacher", "model", "data"):
             value = getattr(stage, field, None)
             if value is not None:
                 check(value.source, f"{where}.{field}")

@@ -129,10 +129,13 @@ def evaluate_run(ctx: RunContext) -> list[Path]:
     spec = ctx.recipe.eval
     results_dir = Path(spec.results_dir) if spec.results_dir else ctx.run_dir / "results"
     targets: list[tuple[str, str]] = []
+    # The reference model: the first stage's teacher, or the model a compression stage started from.
     first = next(iter(ctx.outputs.values()))
     teacher = first.extra.get("teacher_path")
     if spec.include_teacher and teacher:
         targets.append(("teacher", teacher))
+    elif spec.include_teacher and first.extra.get("input_path"):
+        targets.append(("input", first.extra["input_path"]))
     targets += [(name, str(art.path)) for name, art in ctx.outputs.items()]
     paths = dict(targets)
     if spec.baseline and spec.baseline not in paths:

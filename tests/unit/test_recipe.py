@@ -126,7 +126,7 @@ def test_missing_stages():
 def test_unknown_stage_kind():
     data = tiny_data()
     data["stages"][0]["kind"] = "distil"
-    fails(data, "unknown stage kind 'distil'", "distill, lora")
+    fails(data, "unknown stage kind 'distil'", "distill", "lora", "export")
 
 
 def test_stage_without_kind():
@@ -169,7 +169,7 @@ def test_quantize_after_unmerged_lora():
 def test_first_stage_needs_a_model():
     data = tiny_data()
     data["stages"] = [{"kind": "quantize"}]
-    fails(data, "first stage is 'quantize'")
+    fails(data, "first stage is 'quantize' with no input", "model:")
 
 
 def test_duplicate_stage_names():
