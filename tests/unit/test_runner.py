@@ -106,3 +106,20 @@ def test_resume_of_finished_run_skips_stages(tmp_path):
     before = manifest.stat().st_mtime_ns
     runner.run(resume=first.run_dir)
     assert manifest.stat().st_mtime_ns == before
+
+
+def test_pipeline_evaluates_teacher_and_student(tmp_path):
+    result = runner.run(TINY, [f"output_dir={tmp_path}"])
+    assert len(result.records) == 2
+    records = [json.loads(Path(p).read_text()) for p in result.records]
+    teacher, student = records  # the baseline (teacher) is evaluated first
+    assert teacher["artifact_id"].endswith("/distill-teacher")
+    assert student["artifact_id"].endswith("/distill")
+    assert student["lineage"] == [teacher["artifact_id"]]
+    for record in records:
+        ppl = [m for m in record["metrics"] if m["metric"] == "perplexity"][0]
+        assert ppl["n"] > 0 and ppl["higher_is_better"] is False
+        samples = result.run_dir / "results" / record["samples"]  # relative to the results dir
+        assert samples.is_file() and samples.read_text().strip()
+    assert student["recovery"], "the student record compares itself with the teacher"
+    assert (result.run_dir / "results" / "README.md").is_file()
