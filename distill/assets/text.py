@@ -19,6 +19,7 @@ from distill.errors import DistillError
 
 logger = logging.getLogger(__name__)
 
+KJV_VERSES = 31_102
 HELDOUT_EVERY = 20  # 1 in 20 texts (5 %) is held out
 CHUNK_WORDS = 256  # doc paragraphs are merged up to this many words: long enough for LM context
 
@@ -39,12 +40,15 @@ def clean(text: str) -> str:
 def kjv_chapters(bible_root: Path, text_root: Path) -> Iterator[dict]:
     """Run the package's own `bible` reader over the compressed text, one row per chapter."""
     binary = bible_root / "usr/bin/bible"
-    data = text_root / "usr/lib/bible.data"
-    proc = subprocess.run([str(binary), "-f", "-d", str(data), "gen1:1-rev22:21"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The reader cannot open long data paths, so it runs beside the data file with a short name.
+    proc = subprocess.run([str(binary.resolve()), "-f", "-d", "bible.data", "gen1:1-rev22:21"],
+                          cwd=text_root / "usr/lib", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise DistillError(f"the KJV reader failed: {proc.stderr.strip()[:200]}",
                            "check that libreadline8 is installed (apt-get install libreadline8)")
+    if len(proc.stdout.splitlines()) != KJV_VERSES:
+        raise DistillError(f"the KJV reader printed {len(proc.stdout.splitlines())} verses, expected {KJV_VERSES}",
+                           "check the bible-kjv pins")
     chapters: dict[str, list[str]] = {}
     for line in proc.stdout.splitlines():
         m = re.match(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$", line)
