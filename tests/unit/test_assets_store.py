@@ -153,3 +153,12 @@ def test_registry_is_pinned_and_light():
             assert required in assets.ASSETS
     code = "import sys, distill.assets; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_tts_sources_match_what_the_tts_builder_reads():
+    from distill.assets import tts
+
+    for lang in ("en", "cmn"):
+        debian = {s.package for s in assets.ASSETS[f"tts-{lang}"].sources if s.registry == "debian"}
+        assert debian == set(tts.PACKAGES_BY_LANG[lang])
+    assert {s.package for s in assets.ASSETS["tts-cmn"].sources if s.registry == "pypi"} == {"pypinyin"}
