@@ -262,11 +262,64 @@ class ExportStage(InputStage):
     )
 
 
-Stage = Annotated[
-    Union[DistillStage, TrainStage, LoraStage, PruneStage, QuantizeStage, ExportStage],
-    Field(discriminator="kind"),
-]
-STAGE_KINDS = ("distill", "train", "lora", "prune", "quantize", "export")
+class SpeechData(Spec):
+    """Utterances for speech training: audio files with reference transcripts."""
+
+    source: str = Field(
+        description="`asset:<id>` (e.g. asset:tts-en) or a .jsonl manifest of {audio_path, text}"
+    )
+    split: str | None = Field("train", description="dataset split for assets with splits")
+    max_items: int | None = Field(None, gt=0, description="cap on utterances used (None = all)")
+    max_seconds: float = Field(30.0, gt=0, le=30, description="drop longer clips (Whisper's window is 30 s)")
+
+
+class AsrStudentSpec(Spec):
+    init: Literal["decoder_layer_map", "model"] = Field(
+        "decoder_layer_map",
+        description="decoder_layer_map = teacher encoder + evenly spaced decoder layers "
+        "(first and last kept, as distil-whisper); model = load `model` as is",
+    )
+    decoder_layers: int = Field(2, gt=0, description="student decoder depth for decoder_layer_map")
+    model: ModelRef | None = Field(None, description="student model for init=model")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> AsrStudentSpec:
+        if self.init == "model" and self.model is None:
+            raise ValueError("student init 'model' needs `student.model`")
+        return self
+
+
+class AsrDistillStage(StageBase):
+    """Speech-recognition distillation (distil-whisper recipe): pseudo-label, filter, KD + CE."""
+
+    kind: Literal["distill-asr"]
+    teacher: ModelRef = Field(description="the speech model to learn from (Whisper family)")
+    student: AsrStudentSpec = Field(default_factory=AsrStudentSpec, description="how the student is built")
+    data: SpeechData = Field(description="training utterances")
+    language: str | None = Field("en", description="forced language token (None for .en models)")
+    pseudo_label: bool = Field(True, description="train on the teacher's greedy transcripts")
+    wer_filter: float | None = Field(
+        0.1, ge=0, description="drop utterances whose pseudo-label WER vs the reference exceeds "
+        "this (None = keep all); distil-whisper calls this filter key to good distillation",
+    )
+    freeze_encoder: bool = Field(
+        True, description="keep the (shared) teacher encoder frozen: encoder outputs are computed "
+        "once and cached, so each step costs two decoder passes",
+    )
+    loss: LossSpec = Field(
+        default_factory=lambda: LossSpec(kind="forward_kl", temperature=2.0, kd_weight=1.0, ce_weight=0.8),
+        description="KD + CE on the (pseudo-)labels; distil-whisper: 0.8 CE + KL at T=2",
+    )
+    train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
+
+
+STAGE_CLASSES = (DistillStage, AsrDistillStage, TrainStage, LoraStage, PruneStage, QuantizeStage,
+                 ExportStage)
+Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]
+STAGE_BY_KIND: dict[str, type[BaseModel]] = {
+    cls.model_fields["kind"].annotation.__args__[0]: cls for cls in STAGE_CLASSES
+}
+STAGE_KINDS = tuple(STAGE_BY_KIND)
 
 
 class EvalSpec(Spec):
@@ -447,8 +500,7 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
         if isinstance(part, int) or model is None:
             continue
         if _is_tag(loc, i):  # discriminated-union tag in the location
-            model = {"distill": DistillStage, "train": TrainStage, "lora": LoraStage, "prune": PruneStage,
-                     "quantize": QuantizeStage, "export": ExportStage}[part]
+            model = STAGE_BY_KIND[part]
             continue
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
         if field is None:

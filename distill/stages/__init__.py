@@ -12,6 +12,7 @@ from distill.errors import DistillError
 
 STAGES: dict[str, str] = {
     "distill": "distill.stages.distill:run",
+    "distill-asr": "distill.stages.distill_asr:run",
     "train": "distill.stages.train:run",
     "lora": "distill.stages.lora:run",
     "prune": "distill.stages.prune:run",
