@@ -116,7 +116,7 @@ def check_lm(model: str, data: str, n_texts: int, max_tokens: int, threads: int)
     model_dir = asset_path(model)
     tok = AutoTokenizer.from_pretrained(model_dir)
     lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    texts = load_dataset(data, "heldout").shuffle(seed=0).select(range(n_texts))["text"]
+    texts = load_dataset(data, "heldout").shuffle(seed=0, keep_in_memory=True).select(range(n_texts))["text"]
     total_nll, total_tokens = 0.0, 0
     with torch.inference_mode():
         for text in texts:

@@ -29,10 +29,16 @@ def _local_files(asset_id: str) -> dict[str, Path]:
     return files
 
 
+def _derived(path: Path) -> bool:
+    """Files that are not asset content: the record itself, and `datasets`' own map/shuffle
+    caches (`cache-*.arrow`), which users' dataset operations write beside the data."""
+    return path.name == ASSET_JSON or (path.name.startswith("cache-") and path.suffix == ".arrow")
+
+
 def file_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under `root` (relative posix paths), asset.json excluded."""
+    """sha256 of every content file under `root` (relative posix paths)."""
     return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ASSET_JSON}
+            for p in sorted(root.rglob("*")) if p.is_file() and not _derived(p)}
 
 
 def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
