@@ -98,6 +98,13 @@ def test_install_writes_record_last_and_is_idempotent(cache, monkeypatch):
     assert record["facts"] == {"rows": 1} and record["sources"][0]["sha256"] == source.sha256
     assert record["files"] == {"data.txt": hashlib.sha256(b"payload").hexdigest()}
     assert store.verify_one(asset_id)[0]
+    # datasets' own map/shuffle caches appear beside the data; they are not asset content
+    (assets.asset_path(asset_id) / "cache-0123abcd.arrow").write_bytes(b"derived")
+    assert store.verify_one(asset_id)[0]
+    (assets.asset_path(asset_id) / "extra.txt").write_text("?")
+    ok, message = store.verify_one(asset_id)
+    assert not ok and "unexpected" in message
+    (assets.asset_path(asset_id) / "extra.txt").unlink()
     (assets.asset_path(asset_id) / "data.txt").write_text("changed")
     ok, message = store.verify_one(asset_id)
     assert not ok and "changed" in message
