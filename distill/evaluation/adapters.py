@@ -126,10 +126,19 @@ class SpeechToText:
         """audios: B float32 mono arrays at `sampling_rate` -> B raw (un-normalised) texts."""
         import torch
 
-        feats = self.processor.feature_extractor(audios, sampling_rate=sampling_rate,
-                                                 return_tensors="pt")
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": 1,
-                                  "do_sample": False}
+        kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False}
+        if max(len(a) for a in audios) > 30 * sampling_rate:
+            # Past Whisper's 30 s window: sequential long-form decoding (timestamps drive the
+            # window shifts) instead of silently truncating the audio.
+            feats = self.processor.feature_extractor(
+                audios, sampling_rate=sampling_rate, return_tensors="pt", truncation=False,
+                padding="longest", return_attention_mask=True)
+            kwargs.update(attention_mask=feats.attention_mask.to(self.device), return_timestamps=True,
+                          condition_on_prev_tokens=False)
+        else:
+            feats = self.processor.feature_extractor(audios, sampling_rate=sampling_rate,
+                                                     return_tensors="pt")
+            kwargs["max_new_tokens"] = self.max_new_tokens
         if self.multilingual:
             # Forced, not detected: detection errors would show up as WER we did not ask about.
             kwargs.update(language=language, task="transcribe")

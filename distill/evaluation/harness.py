@@ -28,13 +28,16 @@ def _family(ref: ModelRef) -> str:
     return ref.lineage[-1] if ref.lineage else ref.artifact_id
 
 
-def _provenance(ref: ModelRef, suite, limit, device, batch_size, threads) -> dict:
+def _provenance(model: str, suite, limit, device, batch_size, threads) -> dict:
     from distill import provenance
 
     return {"git": provenance.git_state(), "versions": provenance.versions(),
             "machine": provenance.machine(device), "created": provenance.now(),
             "suite": suite.name, "suite_version": suite.version, "limit": limit,
-            "batch_size": batch_size, "threads": threads, "model_source": ref.source}
+            "batch_size": batch_size, "threads": threads,
+            # The argument as given (asset:<id>, a path, a hub id), never the resolved cache path.
+            "commands": {suite.name: f"distill eval {model} --suite {suite.name}"
+                         + (f" --limit {limit}" if limit else "")}}
 
 
 def _run_task(spec, adapter, rows, batch_size: int):
@@ -90,7 +93,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     logger.info("evaluating %s (%s, %s) on suite %s", ref.artifact_id, ref.adapter, adapter.backend,
                 suite_spec.name)
 
-    when = _provenance(ref, suite_spec, limit, device, batch, torch.get_num_threads())
+    when = _provenance(model, suite_spec, limit, device, batch, torch.get_num_threads())
     metrics_out, samples = [], []
     for spec in tasks:
         t0 = time.perf_counter()

@@ -143,6 +143,7 @@ def merge(old: Record | None, new: Record, new_samples: list[dict], old_samples:
     suites = {t.suite for t in new.throughput}
     new.metrics = [m for m in old.metrics if m.task not in tasks] + new.metrics
     new.throughput = [t for t in old.throughput if t.suite not in suites] + new.throughput
+    new.provenance["commands"] = {**old.provenance.get("commands", {}), **new.provenance.get("commands", {})}
     kept = [r for r in old.recovery if r.task not in tasks]
     new.recovery = kept + new.recovery
     return new, [s for s in old_samples if s.get("task") not in tasks] + new_samples
