@@ -210,16 +210,18 @@ def fortune_sentences(roots: list[Path]) -> list[str]:
     return sentences
 
 
-def tang_lines(fortunes_zh_root: Path) -> list[str]:
+def tang_lines(fortunes_zh_root: Path, min_hanzi: int = 8) -> list[str]:
     """Body lines of the Tang poems in `fortunes-zh` (titles and author lines dropped), each line
-    a couplet such as "下马饮君酒，问君何所之。"."""
+    a couplet such as "下马饮君酒，问君何所之。"; lines under `min_hanzi` characters ("君不见，")
+    are too short for a stable character error rate."""
     path = Path(fortunes_zh_root) / "usr/share/games/fortunes/tang300"
     text = re.sub(r"\x1b\[[0-9;]*m", "", path.read_text(encoding="utf-8"))  # ANSI colours
     lines = []
     for poem in text.split("\n%\n"):
         for line in poem.splitlines():
             line = line.strip()
-            if line and not line.startswith(("《", "作者")) and re.fullmatch(r"[\u4e00-\u9fff，。？！；、]+", line):
+            if (line and not line.startswith(("《", "作者")) and re.fullmatch(r"[\u4e00-\u9fff，。？！；、]+", line)
+                    and len(re.findall(r"[\u4e00-\u9fff]", line)) >= min_hanzi):
                 lines.append(line)
     return sorted(set(lines))
 

@@ -106,6 +106,6 @@ def test_tang_lines_strip_titles_authors_and_colours(tmp_path):
     folder = tmp_path / "usr/share/games/fortunes"
     folder.mkdir(parents=True)
     (folder / "tang300").write_text(
-        "\x1b[32m《送别》\x1b[m\n\x1b[33m作者：王维\x1b[m\n下马饮君酒，问君何所之。\n君言不得意，归卧南山陲。\n%\n"
+        "\x1b[32m《送别》\x1b[m\n\x1b[33m作者：王维\x1b[m\n下马饮君酒，问君何所之。\n君言不得意，归卧南山陲。\n君不见，\n%\n"
         "\x1b[32m《静夜思》\x1b[m\n\x1b[33m作者：李白\x1b[m\n床前明月光，疑是地上霜。\n", encoding="utf-8")
     assert tang_lines(tmp_path) == sorted(["下马饮君酒，问君何所之。", "君言不得意，归卧南山陲。", "床前明月光，疑是地上霜。"])
