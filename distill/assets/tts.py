@@ -32,8 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distill.assets import tts_engines
-from distill.assets.tts_engines import VOICES_CMN, VOICES_EN, Voice, run_job
-from distill.assets.tts_text import library_env
+from distill.assets.tts_engines import VOICES_CMN, VOICES_EN, Voice, library_env, run_job
 from distill.errors import DistillError, unknown_choice
 
 logger = logging.getLogger(__name__)

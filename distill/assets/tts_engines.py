@@ -7,7 +7,9 @@ Each engine writes WAV at its own rate (flite 16 kHz, espeak-ng 22.05 kHz, festi
 from __future__ import annotations
 
 import logging
+import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,19 @@ from distill.errors import DistillError
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+
+
+def library_env(deb_roots: dict[str, Path]) -> dict[str, str]:
+    """Environment that makes binaries extracted with `dpkg -x` find their extracted libraries."""
+    dirs: list[str] = []
+    for root in sorted({Path(r) for r in deb_roots.values()}):
+        for pattern in ("usr/lib/*-linux-gnu", "lib/*-linux-gnu", "usr/lib/*-linux-gnu/pulseaudio"):
+            for d in sorted(root.glob(pattern)):
+                if d.is_dir() and str(d) not in dirs:
+                    dirs.append(str(d))
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(dirs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+    return env
 
 
 @dataclass(frozen=True)
@@ -94,9 +109,13 @@ class Engines:
 
     def check_runtime(self) -> None:
         """Every binary exists and all its shared libraries resolve (ldd), else one clear error."""
+        if shutil.which("ldd") is None:
+            logger.warning("ldd not found: cannot check the engines' shared libraries before running them")
         for binary in self.binaries:
             if not binary.is_file():
                 raise DistillError(f"engine binary {binary} is missing", "reinstall the tts asset's Debian packages")
+            if shutil.which("ldd") is None:
+                continue
             out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=self.env).stdout
             missing = sorted(set(re.findall(r"^\s*(\S+) => not found", out, flags=re.M)))
             if missing:
@@ -126,7 +145,7 @@ class Job:
     """One engine process: a list of (utterance id, text to speak) for one voice."""
 
     engine: Engines
-    voice: object  # Voice
+    voice: Voice
     items: list[tuple[str, str]]
     audio_dir: Path
 
@@ -168,8 +187,8 @@ def run_job(job: Job) -> dict[str, float]:
         script = raw_dir / f"{job.items[0][0]}.scm"
         lines = [f"({voice.name})"]
         for uid, text in job.items:
-            if '"' in text or "\\" in text:
-                raise ValueError(f"text for {uid} is not safe inside a Scheme string")
+            if '"' in text + str(raws[uid]) or "\\" in text + str(raws[uid]):
+                raise ValueError(f"text or output path of {uid} cannot go inside a Scheme string")
             lines.append(f'(utt.save.wave (SynthText "{text}") "{raws[uid]}" \'riff)')
         script.write_text("\n".join(lines) + "\n")
         _run([str(eng.festival), "--libdir", str(eng.festival_lib), "--datadir", str(eng.festival_lib),

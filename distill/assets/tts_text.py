@@ -17,7 +17,6 @@ Corpora (all from Debian packages extracted with `dpkg -x`, see `tts.DEBIAN_PACK
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
 import unicodedata
@@ -224,16 +223,3 @@ def tang_lines(fortunes_zh_root: Path, min_hanzi: int = 8) -> list[str]:
                     and len(re.findall(r"[\u4e00-\u9fff]", line)) >= min_hanzi):
                 lines.append(line)
     return sorted(set(lines))
-
-
-def library_env(deb_roots: dict[str, Path]) -> dict[str, str]:
-    """Environment that makes binaries extracted with `dpkg -x` find their extracted libraries."""
-    dirs: list[str] = []
-    for root in sorted({Path(r) for r in deb_roots.values()}):
-        for pattern in ("usr/lib/*-linux-gnu", "lib/*-linux-gnu", "usr/lib/*-linux-gnu/pulseaudio"):
-            for d in sorted(root.glob(pattern)):
-                if d.is_dir() and str(d) not in dirs:
-                    dirs.append(str(d))
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(dirs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
-    return env

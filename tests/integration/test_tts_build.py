@@ -32,7 +32,8 @@ def en_builds(tmp_path_factory):
 
     roots = cached_roots("en")
     out = {}
-    for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+    # Two builds with one seed; that other seeds give other plans is a unit test (no engines).
+    for name, seed in [("a", 0), ("b", 0)]:
         out[name] = tmp_path_factory.mktemp(f"tts-en-{name}")
         build(out[name], "en", roots, seed, n=6)
     return out
@@ -74,13 +75,12 @@ def test_en_wavs_are_16k_mono_pcm16_with_matching_durations(en_builds):
         assert abs(snr - r["snr_db"]) < 0.5, (r["id"], snr)
 
 
-def test_en_same_seed_same_bytes_other_seed_other_texts(en_builds):
-    a, b, c = (load(en_builds[k]) for k in "abc")
+def test_en_same_seed_same_bytes(en_builds):
+    a, b = (load(en_builds[k]) for k in "ab")
     for split in a:
         assert a[split]["text"] == b[split]["text"] and a[split]["voice"] == b[split]["voice"]
         for pa, pb in zip(a[split]["audio_path"], b[split]["audio_path"]):
             assert Path(pa).read_bytes() == Path(pb).read_bytes(), pa
-    assert a["train"]["text"] != c["train"]["text"]
 
 
 def test_cmn_build(tmp_path):
