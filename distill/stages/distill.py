@@ -145,7 +145,7 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
             modules["proj"] = projector
 
     cache = None
-    if spec.teacher_mode == "offline" and loss_spec.kd_weight:
+    if spec.teacher_mode == "offline" and loss_spec.kd_weight and not spec.init_only:
         from distill import teacher_cache
 
         root = spec.cache.dir or str(ctx.run_dir / "teacher_cache" / ctx.stage_name)
@@ -190,8 +190,11 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
     from distill.training import train
 
     t0 = time.perf_counter()
-    final = train(modules, step, blocks, spec.train, ctx, with_rows=True,
-                  eval_fn=lambda: heldout_ce(student, heldout, vocab))
+    if spec.init_only:
+        final = heldout_ce(student, heldout, vocab)
+    else:
+        final = train(modules, step, blocks, spec.train, ctx, with_rows=True,
+                      eval_fn=lambda: heldout_ce(student, heldout, vocab))
     extra["train_seconds"] = round(time.perf_counter() - t0, 2)
     logger.info("stage %s done: %s", ctx.stage_name, {k: round(v, 4) for k, v in final.items()})
     stage_dict = spec.model_dump(mode="json")

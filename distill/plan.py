@@ -1,0 +1,202 @@
+"""`distill plan RECIPE`: parameters and memory per device before a run, without loading weights.
+
+Teacher and student are instantiated on the meta device from their configs (shapes only), so a
+235B-parameter teacher is planned in seconds on a laptop. For every training stage it reports:
+parameter counts (total and active per token for MoE), bytes of weights, gradients, AdamW state,
+activations and logits for the recipe's batch and sequence length, per device for 1 and 8 devices
+(FSDP-style sharding of weights/gradients/optimizer; activations are per device), and whether
+online KD fits a device or the offline teacher cache is needed.
+
+Estimates, not measurements: activations use the per-layer rule sbh x 34 bytes (16-bit, SDPA
+attention without the s^2 term; Korthikanti et al. 2022) scaled to the compute dtype; optimizer =
+fp32 master + 2 AdamW moments; allocator slack and framework overhead are not included (keep
+~10 % headroom).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.errors import DistillError
+
+logger = logging.getLogger(__name__)
+
+GIB = 1024**3
+DEVICE_GIB = 80.0  # an H100/A100-80GB class accelerator; the report says so
+DEVICE_COUNTS = (1, 8)
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class ModelShape:
+    name: str
+    config: object
+    params: int
+    active_params: int
+    hidden: int
+    layers: int
+    vocab: int
+
+
+def _config_for(ref, ctx_dirs: dict[str, object]):
+    """HF config of a ModelRef without weights: inline dict, local dir, stage output or hub cache."""
+    from transformers import AutoConfig
+
+    if ref.config is not None:
+        cfg = dict(ref.config)
+        return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    source = ref.source
+    if source.startswith("stage:"):
+        name = source.removeprefix("stage:")
+        if name not in ctx_dirs:
+            raise DistillError(f"plan: '{source}' is not an earlier stage", "check the stage name")
+        return ctx_dirs[name]
+    from distill.models import resolve_source
+
+    path = resolve_source(source)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=ref.trust_remote_code)
+    except OSError:
+        raise DistillError(f"plan: no config for '{source}' (offline, hub ids need a local copy)",
+                           "point the recipe at a directory holding config.json") from None
+
+
+def _meta_model(config):
+    """The model on the meta device: real module tree and parameter shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def shape_of(name: str, config) -> ModelShape:
+    model = _meta_model(config)
+    total = sum(p.numel() for p in model.parameters())
+    from distill import students
+
+    inactive = 0
+    for _, block in students.moe_blocks(model):
+        per_expert = sum(p.numel() for p in block.experts[0].parameters())
+        n_exp = len(block.experts)
+        inactive += per_expert * (n_exp - config.num_experts_per_tok)
+    return ModelShape(name, config, total, total - inactive, config.hidden_size, config.num_hidden_layers,
+                      model.get_output_embeddings().weight.shape[0])
+
+
+def student_config(stage, teacher_cfg, dirs):
+    """The student's config as the stage would build it (layer map / merge / own config)."""
+    from distill import students
+
+    spec = stage.student
+    if spec.init in ("config", "model"):
+        return _config_for(spec.model, dirs)
+    layers = students.resolve_layers(spec, teacher_cfg.num_hidden_layers)
+    if spec.init == "layer_map":
+        return students._with_layers(teacher_cfg, layers)
+    if teacher_cfg.model_type not in students.MOE_FAMILIES:
+        raise DistillError(f"plan: init moe_merge needs a MoE teacher, got '{teacher_cfg.model_type}'",
+                           "use init: layer_map")
+    width = teacher_cfg.moe_intermediate_size * (spec.merge_top_k if spec.merge == "top_k" else 1)
+    return students._with_layers(students.dense_config(teacher_cfg, width), layers)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:8.2f}"
+
+
+def stage_plan(stage, teacher: ModelShape, student: ModelShape, device_gib: float, cuda: bool) -> list[str]:
+    tr = stage.train
+    batch, seq = tr.batch_size, stage.data.seq_len
+    tokens = batch * seq
+    t_bytes = DTYPE_BYTES[stage.teacher.dtype]
+    # Sized for the accelerator the report targets: `auto` means bf16 autocast there.
+    compute = 2 if tr.dtype in ("bfloat16", "auto") else 4
+    vocab = min(teacher.vocab, student.vocab)
+    chunk = min(stage.loss.chunk_size, tokens)
+    online = stage.teacher_mode == "online" and (stage.loss.kd_weight > 0 or stage.loss.hidden_weight > 0)
+
+    s_weights = student.params * 4  # fp32 master weights (autocast computes in bf16 on GPU)
+    s_grads = student.params * 4
+    s_adam = student.params * 8
+    s_act = student.layers * tokens * student.hidden * 34 * compute / 2
+    t_weights = teacher.params * t_bytes if online else 0
+    t_act = 2 * tokens * teacher.hidden * 20 * compute / 2 if online else 0  # no_grad: ~one layer live
+    naive_logits = tokens * vocab * 4 * (3 + (2 if online else 0))  # s logits, log-softmax, grad (+ teacher x2)
+    chunked_logits = chunk * vocab * 4 * (3 + (2 if online else 0))  # one chunk alive
+    lines = [f"  batch {batch} x seq {seq} = {tokens} tokens/micro-batch per device, compute "
+             f"{'bf16' if compute == 2 else 'fp32'}, loss chunk {chunk} tokens, vocab compared {vocab}"]
+    rows = [("student weights (fp32 master)", s_weights, True), ("student gradients", s_grads, True),
+            ("AdamW moments (2 x fp32)", s_adam, True), ("student activations", s_act, False),
+            (f"teacher weights ({stage.teacher.dtype})" if online else "teacher weights (offline: not loaded)",
+             t_weights, True),
+            ("teacher activations (no_grad)", t_act, False),
+            ("logits, chunked (this workbench)", chunked_logits, False)]
+    header = "  " + f"{'GiB per device':38s}" + "".join(f"{f'{n} dev':>10s}" for n in DEVICE_COUNTS)
+    lines.append(header)
+    totals = {n: 0.0 for n in DEVICE_COUNTS}
+    for label, nbytes, sharded in rows:
+        cells = []
+        for n in DEVICE_COUNTS:
+            v = nbytes / n if sharded else nbytes
+            totals[n] += v
+            cells.append(f"{_gib(v):>10s}")
+        lines.append(f"  {label:38s}" + "".join(cells))
+    lines.append(f"  {'total':38s}" + "".join(f"{_gib(totals[n]):>10s}" for n in DEVICE_COUNTS))
+    lines.append(f"  {'(naive full-vocab logits would add)':38s}" + "".join(
+        f"{_gib(naive_logits - chunked_logits):>10s}" for _ in DEVICE_COUNTS))
+    verdicts = []
+    for n in DEVICE_COUNTS:
+        fits = totals[n] / GIB <= device_gib * 0.9
+        if fits:
+            verdicts.append(f"{n} device(s): {'online KD' if online else 'this stage'} fits")
+        elif online:
+            without_teacher = totals[n] - t_weights / n - t_act
+            verdicts.append(f"{n} device(s): online KD does NOT fit; "
+                            + ("use teacher_mode: offline (cache) - then it fits"
+                               if without_teacher / GIB <= device_gib * 0.9 else "does not fit even with the cache"))
+        else:
+            verdicts.append(f"{n} device(s): does NOT fit")
+    lines.append(f"  verdict vs {device_gib:.0f} GiB/device (90 % usable): " + "; ".join(verdicts))
+    return lines
+
+
+def plan(recipe_path: str, overrides: list[str]) -> str:
+    """The text report of `distill plan` (see the module docstring)."""
+    import torch
+
+    from distill import recipe as recipe_mod
+
+    r = recipe_mod.load(recipe_path, overrides)
+    cuda = torch.cuda.is_available()
+    device_gib = torch.cuda.get_device_properties(0).total_memory / GIB if cuda else DEVICE_GIB
+    out = [f"plan: {r.name} ({recipe_path})",
+           f"devices: {'cuda ' + torch.cuda.get_device_name(0) if cuda else f'no GPU here; sized for {DEVICE_GIB:.0f} GiB accelerators'}"
+           f" ({device_gib:.0f} GiB each); estimates only, keep ~10 % headroom"]
+    dirs: dict[str, object] = {}
+    for i, stage in enumerate(r.stages):
+        name = recipe_mod.stage_name(i, stage)
+        if stage.kind == "distill":
+            t_cfg = _config_for(stage.teacher, dirs)
+            s_cfg = student_config(stage, t_cfg, dirs)
+            teacher, student = shape_of("teacher", t_cfg), shape_of("student", s_cfg)
+            out.append(f"\nstage {name} (distill, student init {stage.student.init}, teacher {stage.teacher_mode}):")
+            for m in (teacher, student):
+                moe = f", {m.active_params / 1e9:.2f}B active/token" if m.active_params != m.params else ""
+                out.append(f"  {m.name:8s} {m.config.model_type:10s} {m.params / 1e9:8.3f}B params{moe}, "
+                           f"{m.layers} layers, hidden {m.hidden}, vocab {m.vocab}")
+            if student.params > teacher.params:
+                out.append("  warning: the student is larger than the teacher")
+            out.extend(stage_plan(stage, teacher, student, device_gib, cuda))
+            dirs[name] = s_cfg
+        elif stage.kind == "train":
+            cfg = _config_for(stage.model, dirs)
+            m = shape_of("model", cfg)
+            out.append(f"\nstage {name} (train): {m.config.model_type} {m.params / 1e6:.1f}M params "
+                       f"({m.active_params / 1e6:.1f}M active/token), {m.layers} layers")
+            dirs[name] = cfg
+        else:
+            out.append(f"\nstage {name} ({stage.kind}): not planned (no training memory to estimate)")
+    return "\n".join(out)
