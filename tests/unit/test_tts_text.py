@@ -52,6 +52,7 @@ def test_cleaned_text_has_only_words_and_pause_punctuation():
     ("Then said Jesus, \u2018Follow me,\u2019 and they followed.", "Then said Jesus, Follow me, and they followed."),
     ("And the LORD spake unto Moses, saying, Speak unto the children of Israel.",
      "And the Lord spake unto Moses, saying, Speak unto the children of Israel."),
+    ("A: A towel, a pillow and a dream.", "A towel, a pillow and a dream."),
 ])
 def test_rewrites(raw, expected):
     assert clean_sentence(raw) == expected
@@ -68,6 +69,8 @@ def test_rewrites(raw, expected):
     "Send 50% of the money to the other account now.",  # symbol
     "Too short.",
     " ".join(["word"] * 25) + ".",
+    "Reedy, Serhiy Storchaka, Eryk Sun, Chad Whitacre, Graham Wideman.",  # name list
+    "Hezro the Carmelite, Naarai the son of Ezbai.",
 ])
 def test_drops_what_engines_read_their_own_way(raw):
     assert clean_sentence(raw) is None
