@@ -5,6 +5,7 @@
     python -m distill.assets.check asr --model whisper-tiny.en --data asterisk-en --min-words 4 \
         --out results/assets/wer_whisper-tiny.en_asterisk-en_min4words.json
     python -m distill.assets.check lm --out results/assets/smollm2_check.json
+    python -m distill.assets.check rescore results/assets/<record>.json   # new references, same hypotheses
 
 This is a check of the converters, not the evaluation harness: greedy decoding, Whisper's
 EnglishTextNormalizer (with the model's own spelling map) and jiwer's corpus WER.
@@ -108,6 +109,25 @@ def check_asr(model: str, data: list[str], batch_size: int, threads: int, min_wo
     }
 
 
+def rescore(path: Path) -> dict:
+    """Re-score a stored ASR record against the references now in its datasets.
+
+    Hypotheses and timings are kept (raw predictions are stored so that scoring can change
+    without re-decoding); only references, WER and the scored count are refreshed.
+    """
+    from distill.assets import asset_path, load_dataset
+
+    result = json.loads(Path(path).read_text())
+    refs = {r["id"]: r["text"] for d in result["data"] for r in load_dataset(d.removeprefix("asset:"))}
+    for p in result["predictions"]:
+        p["reference"] = refs[p["id"]]
+    normalize = normalizer_for(asset_path(result["model"].removeprefix("asset:")))
+    wer, n_scored = corpus_wer([p["reference"] for p in result["predictions"]],
+                               [p["hypothesis"] for p in result["predictions"]], normalize)
+    result.update(wer=round(wer, 4), n_scored=n_scored)
+    return result
+
+
 def check_lm(model: str, data: str, n_texts: int, max_tokens: int, threads: int) -> dict:
     """Mean token NLL on held-out texts and a greedy completion of a factual prompt."""
     import torch
@@ -167,7 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     for p in (asr, lm):
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--out", type=Path)
+    again = sub.add_parser("rescore", help="re-score a stored ASR record (in place) with current references")
+    again.add_argument("record", type=Path)
     args = parser.parse_args(argv)
+    if args.what == "rescore":
+        result = rescore(args.record)
+        result["rescored_with"] = "python -m distill.assets.check " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.record.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        print(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
+        return 0
     logging.basicConfig(level=logging.INFO)
     load_before = os.getloadavg()[0]
     if args.what == "asr":

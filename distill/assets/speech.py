@@ -28,19 +28,28 @@ _POCKETSPHINX = "usr/share/pocketsphinx/test/data"
 
 
 def parse_asterisk_transcripts(lines: list[str]) -> dict[str, str]:
-    """`name: Text.` lines -> {name: spoken text}.
+    """`name: Text.` lines -> {name: what is spoken}.
 
-    Bracketed parts describe sounds or symbols ("dollar [$]", "[this is a simple beep tone]") and
-    are not spoken, so they are removed; prompts left with no words (tones, monkeys) are dropped.
+    Bracketed and parenthesised parts describe sounds or symbols ("dollar [$]", "[this is a
+    simple beep tone]", "(simple tone sound plays)") and are not spoken, so they are removed;
+    prompts left with no words (tones, monkeys) are dropped. The silence clips are kept with an
+    empty reference, which is their correct transcript (scorers skip empty references). Keys
+    written as symbols are spoken as words ("press * ... press #" is said "star", "pound").
     """
     out = {}
     for line in lines:
         if line.startswith(";") or ":" not in line:
             continue
-        name, text = line.split(":", 1)
-        text = " ".join(re.sub(r"\[[^\]]*\]", " ", text).split())
+        name, raw = (part.strip() for part in line.split(":", 1))
+        if re.fullmatch(r"\(\d+ seconds? of silence\)", raw):
+            out[name] = ""
+            continue
+        text = re.sub(r"\[[^\]]*\]|\([^)]*\)", " ", raw)
+        text = re.sub(r"(?<!\S)\*(?!\S)", "star", text)
+        text = re.sub(r"(?<!\S)#(?!\S)", "pound", text)
+        text = " ".join(text.split())
         if any(ch.isalnum() for ch in text):
-            out[name.strip()] = text
+            out[name] = text
     return out
 
 

@@ -49,9 +49,11 @@ def test_parse_cot_prompts_handles_both_choice_layouts_and_skips_five_choices():
 
 def test_asterisk_transcripts_strip_bracketed_sounds():
     lines = ["; Core Asterisk Sounds in English", "", "activated: Activated.", "beep: [this is a simple beep tone]",
-             "letters/dollar: dollar [$]", "basic: Press one.  Or two."]
+             "letters/dollar: dollar [$]", "basic: Press one.  Or two.", "silence/2: (2 seconds of silence)",
+             "vm: Hang up. (simple tone sound plays)", "d: press * to pause, press # to exit, a*b"]
     assert speech.parse_asterisk_transcripts(lines) == {
-        "activated": "Activated.", "letters/dollar": "dollar", "basic": "Press one. Or two."}
+        "activated": "Activated.", "letters/dollar": "dollar", "basic": "Press one. Or two.", "silence/2": "",
+        "vm": "Hang up.", "d": "press star to pause, press pound to exit, a*b"}
 
 
 def test_sphinx_transcription_lines():
