@@ -43,6 +43,7 @@ def run(spec: PerplexityTask, lm, rows: list[dict], batch_size: int):
     if prefix is None:
         raise DistillError("the tokenizer has neither BOS nor EOS token to start documents with",
                            "save the tokenizer with an eos_token")
+    rows = rows[:: spec.stride]
     if spec.max_docs is not None:
         rows = rows[: spec.max_docs]
     window = min(spec.window, lm.max_length - 1)

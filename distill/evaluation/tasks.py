@@ -92,6 +92,7 @@ class PerplexityTask(_Spec):
     id_field: str = "id"
     text_field: str = "text"
     window: int = 512  # tokens per scored window; documents longer than this are split
+    stride: int = 1  # every stride-th document: a spread over a corpus stored source by source
     max_docs: int | None = None  # cap so the suite stays fast; --limit lowers it further
     metrics: list[str] = Field(default_factory=lambda: ["perplexity", "bits_per_byte"])
 
