@@ -183,8 +183,8 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
         if pairs:
             hid = losses.hidden_loss(s_out[1], t_states, pairs, kind=loss_spec.hidden_loss, projector=projector)
             total = total + loss_spec.hidden_weight * hid
-            metrics["hidden"] = float(hid)
-        metrics["loss"] = float(total)
+            metrics["hidden"] = float(hid.detach())
+        metrics["loss"] = float(total.detach())
         return total, metrics
 
     from distill.training import train

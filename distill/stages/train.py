@@ -48,8 +48,8 @@ def run(spec: TrainStage, ctx: RunContext) -> Artifact:
         if aux_weight:
             aux = balance_loss(out.router_logits, model.config.num_experts, model.config.num_experts_per_tok)
             total = total + aux_weight * aux
-            metrics["router_aux"] = float(aux)
-        metrics["loss"] = float(total)
+            metrics["router_aux"] = float(aux.detach())
+        metrics["loss"] = float(total.detach())
         return total, metrics
 
     from distill.training import train
