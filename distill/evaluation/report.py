@@ -20,12 +20,18 @@ SPEED_KIND = {"asr": "asr_rtfx", "lm": "lm_decode_tok_s"}
 SPEED_LABEL = {"asr_rtfx": "RTFx (audio s / compute s)", "lm_decode_tok_s": "decode tokens/s"}
 
 
-def _primary(record: Record) -> dict[str, tuple[str, float, bool]]:
-    """task -> (metric, value, higher_is_better) for each task's first metric."""
-    out: dict[str, tuple[str, float, bool]] = {}
+def _primary(record: Record) -> dict[str, tuple[str, float, bool, int | None]]:
+    """task -> (metric, value, higher_is_better, limit) for each task's first metric."""
+    out: dict[str, tuple[str, float, bool, int | None]] = {}
     for m in record.metrics:
-        out.setdefault(m.task, (m.metric, m.value, m.higher_is_better))
+        out.setdefault(m.task, (m.metric, m.value, m.higher_is_better, m.limit))
     return out
+
+
+def _cell(prim) -> str:
+    metric, value, _, limit = prim
+    # A --limit run is a partial number: say so in the cell itself.
+    return _fmt(metric, value) + (f" (first {limit})" if limit else "")
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -125,15 +131,18 @@ def _section(records: list[Record], modality: str, out_dir: Path) -> list[str]:
         tasks.extend(t for t in _primary(r) if t not in tasks)
     speed_kind = SPEED_KIND[modality]
     header = ["artifact", "family", "kind", "params", "size MB"]
-    header += [f"{t} {_metric_name(records, t)}" for t in tasks] + [SPEED_LABEL[speed_kind]]
+    header += [f"{t} {_metric_name(records, t)}" for t in tasks] + [SPEED_LABEL[speed_kind], "recovery"]
     lines = [f"## {modality.upper()}", "", "| " + " | ".join(header) + " |",
              "|" + "---|" * len(header)]
     for r in records:
         prim = _primary(r)
         cells = [f"`{r.artifact_id}`", f"`{r.family}`", r.kind, _params(r), _size(r)]
-        cells += [_fmt(prim[t][0], prim[t][1]) if t in prim else "" for t in tasks]
+        cells += [_cell(prim[t]) if t in prim else "" for t in tasks]
         sp = _speed(r, speed_kind)
         cells.append(f"{sp.value:.2f}" if sp else "")
+        # Recovery of each task's primary metric vs the baseline named at eval time (1.00 = kept).
+        cells.append(", ".join(f"{rv.task} {rv.value:.3f} vs `{rv.baseline}`" for rv in r.recovery
+                               if prim.get(rv.task, ("",))[0] == rv.metric))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Percentages for acc/WER/CER; perplexity is per token of the model's own tokenizer.", ""]
     lines += ["Conditions and reproduction:", ""]

@@ -77,3 +77,13 @@ def test_percentile_matches_numpy_and_rtfx():
     for q in (0, 50, 95, 100):
         assert percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
     assert rtfx(30.0, 3.0) == pytest.approx(10.0)
+
+
+def test_pareto_frontier_by_hand():
+    from distill.evaluation.report import pareto
+
+    # (size MB, WER): smaller and lower are better. (3, 0.2) is beaten by (2, 0.1).
+    pts = [(1.0, 0.3), (2.0, 0.1), (3.0, 0.2), (4.0, 0.05)]
+    assert pareto(pts, x_higher=False, y_higher=False) == [0, 1, 3]
+    # (speed, acc): both higher is better.
+    assert pareto([(10, 0.5), (20, 0.4), (5, 0.6), (8, 0.45)], x_higher=True, y_higher=True) == [0, 1, 2]
