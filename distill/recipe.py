@@ -195,6 +195,9 @@ class DistillStage(StageBase):
     )
     cache: TeacherCacheSpec = Field(default_factory=TeacherCacheSpec, description="offline teacher cache")
     train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
+    init_only: bool = Field(
+        False, description="save the initialised student without training (the untrained baseline)"
+    )
 
     @model_validator(mode="after")
     def _mode_rules(self) -> DistillStage:
