@@ -66,8 +66,8 @@ def test_resolved_recipe_reruns_identically(tmp_path):
 
 
 def test_kill_mid_stage_then_resume_matches_uninterrupted(tmp_path):
-    args = [f"output_dir={tmp_path / 'killed'}", NO_EVAL, "stages.0.train.steps=200",
-            "stages.0.train.checkpoint_every=10", "stages.0.train.log_every=10"]
+    args = [f"output_dir={tmp_path / 'killed'}", NO_EVAL, "stages.0.train.steps=60",
+            "stages.0.train.checkpoint_every=5", "stages.0.train.log_every=5"]
     proc = subprocess.Popen([sys.executable, "-m", "distill", "run", TINY, *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
