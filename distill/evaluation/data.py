@@ -81,6 +81,14 @@ def select(rows: list[dict], sel: Selection, text_field: str = "text") -> list[d
     return rows
 
 
+def spread(rows: list, limit: int) -> list:
+    """`limit` rows evenly spaced over the task (deterministic): a limited MMLU run still covers
+    every subject, a limited ASR run every speaker/engine, instead of the first few groups."""
+    if limit >= len(rows):
+        return rows
+    return [rows[(i * len(rows)) // limit] for i in range(limit)]
+
+
 def task_rows(spec, limit: int | None = None, eval_dir: Path = EVAL_DIR) -> list[dict]:
     """The task's rows after selection and limit. Empty sets are an error, not a 0-item metric."""
     rows = load_source(spec.dataset, spec.split, eval_dir)
@@ -94,7 +102,7 @@ def task_rows(spec, limit: int | None = None, eval_dir: Path = EVAL_DIR) -> list
         if limit > len(rows):
             logger.warning("--limit %d exceeds the %d items of task %s: using all %d",
                            limit, len(rows), spec.name, len(rows))
-        rows = rows[:limit]
+        rows = spread(rows, limit)
     ids = [str(r.get(spec.id_field, i)) for i, r in enumerate(rows)]
     if len(set(ids)) != len(ids):
         raise DistillError(f"task '{spec.name}': item ids in '{spec.id_field}' are not unique",
