@@ -76,6 +76,46 @@ class CausalLM:
         logits = self._forward(ids, mask, keep_last=True)[:, -1, :]
         return torch.log_softmax(logits, dim=-1).cpu()
 
+    @property
+    def can_share_prefix(self) -> bool:
+        """Eager torch models take a KV cache; ORT/bnb/quantized paths are scored in full."""
+        return self.backend == "torch-eager" and "past_key_values" in self._accepts
+
+    def prefix_cache(self, prefix: list[int]):
+        """KV cache of a token prefix (batch 1), for `prefixed_last_logprobs`."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model(input_ids=torch.tensor([prefix], device=self.device),
+                              use_cache=True).past_key_values
+
+    def prefixed_last_logprobs(self, cache, n_prefix: int, suffixes: list[list[int]]):
+        """[B, V] next-token log-probs after prefix + suffix[b], reusing the prefix's KV cache.
+
+        Few-shot prompts of one subject share their header and exemplars: that prefix is run once
+        and every question then costs only its own tokens. Suffixes are right-padded: under the
+        causal mask real tokens never see the padding.
+        """
+        import copy
+
+        import torch
+
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((len(suffixes), width), self.pad_id, dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            ids[i, : len(s)] = torch.tensor(s)
+        batch_cache = copy.deepcopy(cache)  # the forward appends to the cache in place
+        batch_cache.batch_repeat_interleave(len(suffixes))
+        positions = torch.arange(n_prefix, n_prefix + width).expand(len(suffixes), width)
+        mask = torch.ones((len(suffixes), n_prefix + width), dtype=torch.long)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device), past_key_values=batch_cache,
+                                attention_mask=mask.to(self.device),
+                                position_ids=positions.to(self.device), use_cache=True).logits.float()
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=logits.device)
+        picked = logits[torch.arange(len(suffixes), device=logits.device), last]
+        return torch.log_softmax(picked, dim=-1).cpu()
+
     def token_logprobs(self, seqs: list[list[int]]) -> list:
         """seqs: B token lists -> B tensors [len-1]: log P(seq[t] | seq[:t]) for t >= 1.
 

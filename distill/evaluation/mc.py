@@ -98,7 +98,10 @@ def score_requests(lm, requests: list[Request], batch_size: int = 8, desc: str =
         k += len(r.continuations)
         if any(len(c) == 0 for c in conts):
             raise DistillError(f"item {r.item_id}: a choice tokenises to nothing", "check doc_to_choice")
-        (fast if all(len(c) == 1 for c in conts) else slow).append((i, ctx_enc[i], conts))
+        if all(len(c) == 1 for c in conts):
+            fast.append((i, ctx_enc[i], conts, r.group))
+        else:
+            slow.append((i, ctx_enc[i], conts))
     out: list[list[float] | None] = [None] * len(requests)
     if fast:
         _score_fast(lm, fast, out, batch_size, limit, desc)
@@ -114,11 +117,51 @@ def _batches(items: list, batch_size: int, key):
     return [items[i: i + batch_size] for i in range(0, len(items), batch_size)]
 
 
+MIN_SHARED_PREFIX = 32  # tokens; below this a cached prefix saves less than it costs
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest token prefix every sequence shares (always leaving one token each)."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def _score_shared_prefix(lm, items, out, batch_size, limit, desc) -> list:
+    """Score groups whose prompts share a long token prefix (few-shot exemplars) with one prefix
+    pass per group; returns the items left for plain scoring."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(item[3], []).append(item)
+    rest = []
+    bar = tqdm(total=len(items), desc=f"{desc} (shared prefix)", unit="item", leave=False)
+    for members in groups.values():
+        n = common_prefix_len([ids for _, ids, _, _ in members]) if len(members) > 1 else 0
+        if n < MIN_SHARED_PREFIX or any(len(ids) > limit for _, ids, _, _ in members):
+            rest.extend(members)
+            continue
+        cache = lm.prefix_cache(members[0][1][:n])
+        for batch in _batches(members, batch_size, key=lambda t: len(t[1])):
+            logprobs = lm.prefixed_last_logprobs(cache, n, [ids[n:] for _, ids, _, _ in batch])
+            for row, (i, _, conts, _) in enumerate(batch):
+                out[i] = [float(logprobs[row, c[0]]) for c in conts]
+            bar.update(len(batch))
+    bar.close()
+    return rest
+
+
 def _score_fast(lm, items, out, batch_size, limit, desc):
+    if getattr(lm, "can_share_prefix", False):
+        items = _score_shared_prefix(lm, items, out, batch_size, limit, desc)
     batches = _batches(items, batch_size, key=lambda t: len(t[1]))
     for batch in tqdm(batches, desc=f"{desc} (1 pass/item)", unit="batch", leave=False):
-        logprobs = lm.last_logprobs([ids[-limit:] for _, ids, _ in batch])
-        for row, (i, _, conts) in enumerate(batch):
+        logprobs = lm.last_logprobs([ids[-limit:] for _, ids, _, _ in batch])
+        for row, (i, _, conts, _) in enumerate(batch):
             out[i] = [float(logprobs[row, c[0]]) for c in conts]
 
 

@@ -95,3 +95,27 @@ def test_multi_token_choices_fall_back_to_per_choice(tmp_path):
         logp = torch.log_softmax(lm.model(torch.tensor([whole])).logits[0], -1)
     ref = sum(logp[t - 1, whole[t]].item() for t in range(n_ctx, len(whole)))
     assert lls[0][2] == pytest.approx(ref, abs=1e-4)
+
+
+def test_shared_fewshot_prefix_scores_like_full_prompts(lm, monkeypatch):
+    rows = mmlu_rows(12)
+    reqs = mc.build_requests(load_task("mmlu-mini-5shot"), rows, mmlu_rows(40, offset=100))
+    ids = [lm.tokenizer(r.context)["input_ids"] for r in reqs]
+    by_group: dict = {}
+    for r, seq in zip(reqs, ids):
+        by_group.setdefault(r.group, []).append(seq)
+    shared = [mc.common_prefix_len(g) for g in by_group.values() if len(g) > 1]
+    assert shared and max(shared) >= mc.MIN_SHARED_PREFIX  # the exemplars really are shared
+    assert lm.can_share_prefix
+    cached = mc.score_requests(lm, reqs, batch_size=3)
+    monkeypatch.setattr(mc, "MIN_SHARED_PREFIX", 10**9)  # force plain full-prompt scoring
+    full = mc.score_requests(lm, reqs, batch_size=3)
+    for a, b in zip(cached, full):
+        assert a == pytest.approx(b, abs=1e-4)
+        assert max(range(4), key=a.__getitem__) == max(range(4), key=b.__getitem__)
+
+
+def test_common_prefix_len():
+    assert mc.common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert mc.common_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # always leaves a token to score
+    assert mc.common_prefix_len([[7], [7]]) == 0
