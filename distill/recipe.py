@@ -585,12 +585,14 @@ def _looks_local(source: str) -> bool:
         or source.count("/") > 1
 
 
-def check_references(r: Recipe) -> list[str]:
+def check_references(r: Recipe, strict: bool = False) -> list[str]:
     """Fail early on references that cannot work; return notes about ones that may later.
 
     Errors: an unknown `asset:` id, a local path that does not exist, a `stage:` that is not an
     earlier stage. Notes: a known asset that is not installed yet (`distill assets install`).
-    Runs before anything is written, and without torch, so `validate` catches these too.
+    Runs before anything is written, and without torch, so `validate` catches these too. A
+    missing path under `output_dir` (an earlier run's output) is only a note unless `strict`
+    (as `distill run` calls it: by then it must exist).
     """
     notes: list[str] = []
     earlier: list[str] = []
@@ -606,6 +608,9 @@ def check_references(r: Recipe) -> list[str]:
                 raise DistillError(f"{where}: '{source}' is not an earlier stage",
                                    f"earlier stages: {', '.join(earlier) or '(none)'}")
         elif _looks_local(source) and not Path(source).expanduser().exists():
+            if not strict and Path(source).is_relative_to(r.output_dir):  # an earlier run's output
+                notes.append(f"{where}: '{source}' does not exist yet (output of an earlier run?)")
+                return
             raise DistillError(f"{where}: path '{source}' does not exist",
                                "fix the path (relative paths start from the current directory)")
 

@@ -82,7 +82,7 @@ def run(recipe_path: str | Path | None = None, overrides: list[str] | None = Non
         if recipe_path is None:
             raise DistillError("no recipe given", "distill run RECIPE.yaml [key=value ...]")
         recipe = recipe_mod.load(recipe_path, overrides)
-        for note in recipe_mod.check_references(recipe):
+        for note in recipe_mod.check_references(recipe, strict=True):
             logger.warning(note)
         sha = recipe_mod.sha256(recipe)
         run_id, run_dir = new_run_dir(recipe, sha)

@@ -33,7 +33,7 @@ def test_every_recipe_validates():
     paths = sorted((ROOT / "recipes").rglob("*.yaml"))
     assert paths, "no recipes found"
     for path in paths:
-        recipe.load(path)
+        recipe.check_references(recipe.load(path))  # what `distill validate` checks
 
 
 def test_resolved_yaml_round_trips():
