@@ -106,6 +106,8 @@ def find_baseline(baseline: str, results_dir: Path) -> Record:
     path = Path(baseline)
     if path.suffix == ".json" and path.is_file():
         return load_record(path)
+    if baseline.startswith("asset:"):  # the id a user types for a model, as its record names it
+        baseline = "asset/" + baseline.removeprefix("asset:")
     path = record_path(results_dir, baseline)
     if path.is_file():
         return load_record(path)
