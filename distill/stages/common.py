@@ -40,6 +40,16 @@ def input_artifact(spec, ctx: RunContext) -> Artifact:
                     size_bytes=artifacts.dir_size(path))
 
 
+def copy_preprocessing(src: Path, out: Path) -> None:
+    """Processor (feature extractor + tokenizer) or tokenizer files travel with the weights."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        AutoProcessor.from_pretrained(src).save_pretrained(out)
+    except (OSError, ValueError, TypeError):
+        AutoTokenizer.from_pretrained(src).save_pretrained(out)
+
+
 def new_artifact(ctx: RunContext, source: Artifact, spec, kind: str, params: int | None,
                  extra: dict) -> Artifact:
     """Manifest for this stage's output (call `artifacts.finalize` on it after saving files)."""

@@ -17,7 +17,7 @@ from distill.artifacts import Artifact
 from distill.context import RunContext
 from distill.errors import DistillError
 from distill.recipe import ExportStage
-from distill.stages.common import input_artifact, new_artifact
+from distill.stages.common import copy_preprocessing, input_artifact, new_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +31,6 @@ def _ort_class(kind: str):
         return ORTModelForCausalLM
     raise DistillError(f"cannot export an artifact of kind '{kind}' to ONNX",
                        "export a full-precision model (hf-causal-lm or hf-whisper); merge LoRA first")
-
-
-def _copy_preprocessing(src: Path, out: Path) -> None:
-    from transformers import AutoProcessor, AutoTokenizer
-
-    try:
-        AutoProcessor.from_pretrained(src).save_pretrained(out)
-    except (OSError, ValueError, TypeError):
-        AutoTokenizer.from_pretrained(src).save_pretrained(out)
 
 
 def quantize_int8_dynamic(out: Path) -> list[str]:
@@ -69,7 +60,7 @@ def run(spec: ExportStage, ctx: RunContext) -> Artifact:
     logger.info("exporting %s to ONNX", source.artifact_id)
     model = cls.from_pretrained(source.path, export=True)
     model.save_pretrained(out)
-    _copy_preprocessing(Path(source.path), out)
+    copy_preprocessing(Path(source.path), out)
     extra: dict = {"format": "onnx", "graphs": sorted(p.name for p in out.glob("*.onnx"))}
     if spec.quantize == "int8-dynamic":
         extra["quantization"] = {"method": "ort-int8-dynamic", "per_channel": False,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import torch
 
@@ -20,7 +21,7 @@ from distill.artifacts import Artifact
 from distill.context import RunContext
 from distill.errors import DistillError
 from distill.recipe import QuantizeStage
-from distill.stages.common import input_artifact, new_artifact
+from distill.stages.common import copy_preprocessing, input_artifact, new_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,6 @@ def _model_class(source: Artifact):
         return AutoModelForCausalLM
     raise DistillError(f"cannot quantize an artifact of kind '{source.kind}'",
                        "quantize a full-precision model (hf-causal-lm or hf-whisper); merge LoRA first")
-
-
-def _save_extras(src: str, out) -> None:
-    """Tokenizer / processor / generation files travel with the weights."""
-    from transformers import AutoProcessor, AutoTokenizer
-
-    try:
-        AutoProcessor.from_pretrained(src).save_pretrained(out)
-    except (OSError, ValueError, TypeError):
-        AutoTokenizer.from_pretrained(src).save_pretrained(out)
 
 
 def serialized_size(model: torch.nn.Module) -> int:
@@ -83,7 +74,7 @@ def run(spec: QuantizeStage, ctx: RunContext) -> Artifact:
     else:
         raise DistillError(f"quantize method '{spec.method}' is done by the export stage",
                            "use `kind: export` with `quantize: int8-dynamic` for ONNX Runtime INT8")
-    _save_extras(str(source.path), out)
+    copy_preprocessing(Path(source.path), out)
     art = artifacts.finalize(new_artifact(ctx, source, spec, kind, models.count_params(model), extra))
     logger.info("quantized %s -> %s: %.1f MB -> %.1f MB", source.artifact_id, spec.method,
                 source.size_bytes / 1e6, extra.get("quantized_size_bytes", art.size_bytes) / 1e6)
