@@ -33,7 +33,7 @@ def test_tiny_asr_twin_produces_a_working_student(tmp_path):
     art = result.artifacts["distill"]
     assert artifacts.is_complete(art.path)
     assert art.kind == "hf-whisper" and art.lineage == ["asset/whisper-tiny.en"]
-    assert art.extra["decoder_layer_map"] == [0]
+    assert len(art.extra["decoder_layer_map"]) == 1
     assert 0 < art.extra["kept_after_wer_filter"] <= art.extra["utterances"]
 
     model = WhisperForConditionalGeneration.from_pretrained(art.path).eval()
