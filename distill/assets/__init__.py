@@ -38,15 +38,30 @@ def asset_dir(asset_id: str) -> Path:
     return cache_dir() / "assets" / asset_id
 
 
+def built_revision(asset_id: str) -> int | None:
+    """The builder revision an installed asset was made with (None when not installed)."""
+    import json
+
+    record = asset_dir(asset_id) / ASSET_JSON
+    if not record.is_file():
+        return None
+    return int(json.loads(record.read_text()).get("revision", 1))
+
+
 def is_installed(asset_id: str) -> bool:
-    return (asset_dir(asset_id) / ASSET_JSON).is_file()
+    """Installed, and by the current builder: a bumped revision makes the next install rebuild."""
+    return built_revision(asset_id) == spec(asset_id).revision
 
 
 def asset_path(asset_id: str) -> Path:
     """Local directory of an installed asset; a known but missing one says how to install it."""
     path = asset_dir(asset_id)
-    if not (path / ASSET_JSON).is_file():
+    built = built_revision(asset_id)
+    if built is None:
         raise DistillError(f"asset '{asset_id}' is not installed", f"distill assets install {asset_id}")
+    if built != spec(asset_id).revision:
+        raise DistillError(f"asset '{asset_id}' was built by an older builder (revision {built}, "
+                           f"now {spec(asset_id).revision})", f"distill assets install {asset_id}")
     return path
 
 

@@ -28,6 +28,9 @@ class AssetSpec:
     description: str
     build: BuildFn
     requires: tuple[str, ...] = field(default=())  # assets installed first (e.g. text for TTS)
+    # Bump when the builder's output changes (e.g. cleaned references): installs made by an older
+    # revision then count as missing and are rebuilt, instead of silently serving stale data.
+    revision: int = 1
 
 
 def _lazy(target: str, **kwargs) -> BuildFn:
@@ -109,7 +112,7 @@ ASSETS: dict[str, AssetSpec] = {
     "asterisk-en": AssetSpec(
         "asterisk-en", "dataset", (deb("asterisk-core-sounds-en-wav"), deb("asterisk-core-sounds-en")),
         "CC-BY-SA-3.0", "Asterisk English prompts: 563 utterances, one US female voice, 8 kHz -> 16 kHz",
-        _lazy("distill.assets.speech:build_asterisk")),
+        _lazy("distill.assets.speech:build_asterisk"), revision=2),  # 2: cleaned references
     "librivox-5": AssetSpec(
         "librivox-5", "dataset", (deb("pocketsphinx-testdata"),), "BSD-2-Clause",
         "5 LibriVox read-speech utterances (Sense and Sensibility), 16 kHz",

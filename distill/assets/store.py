@@ -68,6 +68,7 @@ def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
             "description": entry.description,
             "sources": [asdict(s) for s in entry.sources],
             "built_by": f"distill {__version__}",
+            "revision": entry.revision,
             "facts": facts,
             "size_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
             "files": file_hashes(out),

@@ -169,3 +169,23 @@ def test_tts_sources_match_what_the_tts_builder_reads():
         debian = {s.package for s in assets.ASSETS[f"tts-{lang}"].sources if s.registry == "debian"}
         assert debian == set(tts.PACKAGES_BY_LANG[lang])
     assert {s.package for s in assets.ASSETS["tts-cmn"].sources if s.registry == "pypi"} == {"pypinyin"}
+
+
+def test_bumped_builder_revision_rebuilds_instead_of_serving_stale_data(cache, monkeypatch):
+    import dataclasses
+
+    source = _cached_source(cache, b"payload")
+    builds = []
+
+    def build(out, files):
+        builds.append(1)
+        (out / "data.txt").write_text(f"build {len(builds)}")
+
+    asset_id = _fake_asset(monkeypatch, source, build)
+    assert store.install_one(asset_id) is True
+    monkeypatch.setitem(assets.ASSETS, asset_id, dataclasses.replace(assets.ASSETS[asset_id], revision=2))
+    assert not assets.is_installed(asset_id)
+    with pytest.raises(DistillError, match="older builder .revision 1, now 2"):
+        assets.asset_path(asset_id)
+    assert store.install_one(asset_id) is True and len(builds) == 2
+    assert (assets.asset_path(asset_id) / "data.txt").read_text() == "build 2"
