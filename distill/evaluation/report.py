@@ -31,7 +31,7 @@ def _primary(record: Record) -> dict[str, tuple[str, float, bool, int | None]]:
 def _cell(prim) -> str:
     metric, value, _, limit = prim
     # A --limit run is a partial number: say so in the cell itself.
-    return _fmt(metric, value) + (f" (first {limit})" if limit else "")
+    return _fmt(metric, value) + (f" ({limit} spread)" if limit else "")
 
 
 def _fmt(metric: str, value: float) -> str:
