@@ -28,6 +28,25 @@ def _family(ref: ModelRef) -> str:
     return ref.lineage[-1] if ref.lineage else ref.artifact_id
 
 
+def portable(model: str) -> str:
+    """How a record names the evaluated model: `asset:<id>` for cached assets, a path relative to
+    the working directory when possible, else as given (hub ids) — never a machine's cache path."""
+    path = Path(model).expanduser()
+    if not path.is_absolute():
+        return model
+    from distill.assets import cache_dir
+
+    try:
+        rel = path.resolve().relative_to((cache_dir() / "assets").resolve())
+        return f"asset:{rel.parts[0]}"
+    except ValueError:
+        pass
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return model
+
+
 def _provenance(model: str, suite, limit, device, batch_size, threads) -> dict:
     from distill import provenance
 
@@ -36,7 +55,7 @@ def _provenance(model: str, suite, limit, device, batch_size, threads) -> dict:
             "suite": suite.name, "suite_version": suite.version, "limit": limit,
             "batch_size": batch_size, "threads": threads,
             # The argument as given (asset:<id>, a path, a hub id), never the resolved cache path.
-            "commands": {suite.name: f"distill eval {model} --suite {suite.name}"
+            "commands": {suite.name: f"distill eval {portable(model)} --suite {suite.name}"
                          + (f" --limit {limit}" if limit else "")}}
 
 

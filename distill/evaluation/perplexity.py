@@ -33,7 +33,13 @@ def windows(tokens: list[int], prefix: int, window: int) -> list[tuple[list[int]
 
 
 def tokenizer_name(tok) -> str:
-    return f"{type(tok).__name__}({getattr(tok, 'name_or_path', '') or 'in-memory'}, vocab={len(tok)})"
+    """Tokenizer class, source (a directory's name only: records carry no machine paths), vocab."""
+    from pathlib import Path
+
+    source = getattr(tok, "name_or_path", "") or "in-memory"
+    if Path(source).is_absolute():
+        source = Path(source).name
+    return f"{type(tok).__name__}({source}, vocab={len(tok)})"
 
 
 def run(spec: PerplexityTask, lm, rows: list[dict], batch_size: int):
