@@ -36,18 +36,23 @@ class Selection(_Spec):
     min_words: int | None = None  # on `text_field`; e.g. drop one-word telephone prompts
 
 
-class MultipleChoiceTask(_Spec):
-    """lm-eval style multiple choice: score each choice continuation by log-likelihood."""
+class _Task(_Spec):
+    """Fields every task type shares: identity, version and which rows it reads."""
 
-    type: Literal["multiple_choice"]
     name: str
     version: int
     description_text: str = ""
     dataset: str  # asset:<id> | file:<path relative to eval/>
     split: str | list[str] | None = None
     select: Selection = Field(default_factory=Selection)
-    group_field: str | None = "subject"  # macro accuracy + few-shot pools are per group
     id_field: str = "id"
+
+
+class MultipleChoiceTask(_Task):
+    """lm-eval style multiple choice: score each choice continuation by log-likelihood."""
+
+    type: Literal["multiple_choice"]
+    group_field: str | None = "subject"  # macro accuracy + few-shot pools are per group
     # Jinja templates rendered with the row, exactly as lm-eval renders its YAML fields.
     description: str = ""
     doc_to_text: str
@@ -61,17 +66,10 @@ class MultipleChoiceTask(_Spec):
     metrics: list[str] = Field(default_factory=lambda: ["acc", "acc_macro"])
 
 
-class AsrTask(_Spec):
+class AsrTask(_Task):
     """Speech recognition: transcribe, store raw text, normalise only at scoring time."""
 
     type: Literal["asr"]
-    name: str
-    version: int
-    description_text: str = ""
-    dataset: str
-    split: str | list[str] | None = None
-    select: Selection = Field(default_factory=Selection)
-    id_field: str = "id"
     text_field: str = "text"
     audio_field: str = "audio_path"
     language: str = "en"  # forced for multilingual models
@@ -79,17 +77,10 @@ class AsrTask(_Spec):
     metrics: list[str] = Field(default_factory=lambda: ["wer", "wer_ortho", "cer"])
 
 
-class PerplexityTask(_Spec):
+class PerplexityTask(_Task):
     """Token-level held-out perplexity (+ tokenizer-independent bits per byte)."""
 
     type: Literal["perplexity"]
-    name: str
-    version: int
-    description_text: str = ""
-    dataset: str
-    split: str | list[str] | None = None
-    select: Selection = Field(default_factory=Selection)
-    id_field: str = "id"
     text_field: str = "text"
     window: int = 512  # tokens per scored window; documents longer than this are split
     stride: int = 1  # every stride-th document: a spread over a corpus stored source by source
