@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def _run(args) -> int:
     if args.resume and args.recipe:  # `run --resume DIR` parses fine; `run X --resume DIR` is ambiguous
         args.overrides = [args.recipe, *args.overrides]
     result = runner.run(None if args.resume else args.recipe, args.overrides, resume=args.resume)
+    if result.rank:  # torchrun: rank 0 reports the run
+        return 0
     print(f"run finished: {result.run_dir}")
     for name, art in result.artifacts.items():
         print(f"  {name}: {art.path} ({art.size_bytes / 1e6:.1f} MB)")
@@ -169,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     # Our own logs at INFO; third-party libraries (some log to the root logger) only at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    logging.getLogger("distill").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # Under torchrun / accelerate launch each rank logs: ranks > 0 only warnings, unless -v.
+    other_rank = os.environ.get("RANK", "0") != "0"
+    level = logging.DEBUG if args.verbose else logging.WARNING if other_rank else logging.INFO
+    logging.getLogger("distill").setLevel(level)
     try:
         return COMMANDS[args.command](args)
     except DistillError as exc:

@@ -10,12 +10,19 @@ runs/<run_id>/
 
 A stage whose artifact has a manifest is finished and is skipped on `--resume`; anything else
 is redone, continuing from its latest checkpoint.
+
+Under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) rank 0 owns the run directory: it creates
+it, writes every record, artifact, checkpoint and metric, runs the stages that do not train
+(quantize, export) and the evaluation. Every rank runs the training stages (DDP); the others
+read the resolved recipe, the checkpoints and earlier stages' artifacts that rank 0 wrote.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +30,9 @@ from pathlib import Path
 from distill import artifacts, provenance
 from distill import recipe as recipe_mod
 from distill.artifacts import Artifact
-from distill.context import RunContext
+from distill.context import Processes, RunContext, join_processes
 from distill.errors import DistillError
-from distill.recipe import Recipe
+from distill.recipe import Recipe, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ class RunResult:
     run_dir: Path
     artifacts: dict[str, Artifact]
     records: list[Path]
+    rank: int = 0  # ranks > 0 return no artifacts or records: rank 0's result is the run's
 
 
 def new_run_dir(recipe: Recipe, sha: str) -> tuple[str, Path]:
@@ -61,52 +69,109 @@ def open_run(run_dir: str | Path) -> tuple[Recipe, Path]:
     return recipe_mod.load(run_dir / RESOLVED), run_dir
 
 
-def pick_device() -> str:
+def pick_device(procs: Processes) -> str:
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{procs.local_rank}" if procs.world_size > 1 else "cuda"
+
+
+def start_run(recipe_path: str | Path, overrides: list[str] | None) -> tuple[Recipe, Path, dict]:
+    """Load + check the recipe, create its run directory, write the resolved recipe (rank 0)."""
+    recipe = recipe_mod.load(recipe_path, overrides)
+    for note in recipe_mod.check_references(recipe, strict=True):
+        logger.warning(note)
+    sha = recipe_mod.sha256(recipe)
+    run_id, run_dir = new_run_dir(recipe, sha)
+    (run_dir / RESOLVED).write_text(recipe_mod.dump(recipe))
+    prov = {"run_id": run_id, "recipe_source": str(recipe_path), "overrides": overrides or [],
+            "recipe_sha256": sha, "git": provenance.git_state(), "seeds": provenance.seeds(recipe.seed),
+            "start_time": provenance.now(), "end_time": None}
+    return recipe, run_dir, prov
 
 
 def run(recipe_path: str | Path | None = None, overrides: list[str] | None = None,
         resume: str | Path | None = None) -> RunResult:
     """Run a recipe end to end (or finish an interrupted run when `resume` is given)."""
+    procs = join_processes()
     if resume is not None:
         if overrides:
             raise DistillError("overrides cannot be combined with --resume",
                                "a resumed run keeps its recorded recipe; start a new run instead")
         recipe, run_dir = open_run(resume)
-        run_id = run_dir.name
         prov = json.loads((run_dir / PROVENANCE).read_text())
+        recorded = prov.get("world_size", 1)
+        if recorded != procs.world_size:  # batch_size is per process: the global batch would change
+            raise DistillError(f"run '{run_dir}' was started with {recorded} process(es), this resume has "
+                               f"{procs.world_size}", f"resume with the same number of processes "
+                               f"(e.g. torchrun --nproc_per_node {recorded} -m distill run --resume ...)")
         prov.setdefault("resumed", []).append(provenance.now())
     else:
         if recipe_path is None:
             raise DistillError("no recipe given", "distill run RECIPE.yaml [key=value ...]")
-        recipe = recipe_mod.load(recipe_path, overrides)
-        for note in recipe_mod.check_references(recipe, strict=True):
-            logger.warning(note)
-        sha = recipe_mod.sha256(recipe)
-        run_id, run_dir = new_run_dir(recipe, sha)
-        (run_dir / RESOLVED).write_text(recipe_mod.dump(recipe))
-        prov = {"run_id": run_id, "recipe_source": str(recipe_path), "overrides": overrides or [],
-                "recipe_sha256": sha, "git": provenance.git_state(), "seeds": provenance.seeds(recipe.seed),
-                "start_time": provenance.now(), "end_time": None}
+        if procs.is_main:
+            recipe, run_dir, prov = start_run(recipe_path, overrides)
+        # One run, one directory: rank 0 names it and sends the name. Deriving it on every rank
+        # instead (timestamp + a suffix when taken) breaks when ranks start in different seconds or
+        # race for the suffix. The broadcast comes after the resolved recipe is written, and the
+        # other ranks read that file, so every rank trains exactly the recipe rank 0 recorded.
+        run_dir = Path(procs.broadcast(str(run_dir) if procs.is_main else None))
+        if not procs.is_main:
+            recipe = recipe_mod.load(run_dir / RESOLVED)
+    run_id = run_dir.name
 
     import torch
 
-    device = pick_device()
+    device = pick_device(procs)
     provenance.seed_everything(recipe.seed)
-    prov.update(versions=provenance.versions(), machine=provenance.machine(device))
-    artifacts.write_json_atomic(run_dir / PROVENANCE, prov)
-    ctx = RunContext(run_dir=run_dir, run_id=run_id, recipe=recipe,
-                     recipe_sha256=recipe_mod.sha256(recipe), device=device)
-    logger.info("run %s -> %s (device %s, %d threads)", run_id, run_dir, device, torch.get_num_threads())
+    if procs.is_main:
+        prov.update(versions=provenance.versions(), machine=provenance.machine(device),
+                    world_size=procs.world_size)
+        artifacts.write_json_atomic(run_dir / PROVENANCE, prov)
+    scratch = None if procs.is_main else Path(tempfile.mkdtemp(prefix=f"distill-rank{procs.rank}-"))
+    ctx = RunContext(run_dir=run_dir, run_id=run_id, recipe=recipe, recipe_sha256=recipe_mod.sha256(recipe),
+                     device=device, procs=procs, scratch_dir=scratch)
+    logger.info("run %s -> %s (device %s, %d threads, rank %d of %d)", run_id, run_dir, device,
+                torch.get_num_threads(), procs.rank, procs.world_size)
+    try:
+        run_stages(ctx)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    if not procs.is_main:
+        return RunResult(run_dir=run_dir, artifacts={}, records=[], rank=procs.rank)
 
+    records = evaluate_run(ctx) if recipe.eval else []
+    prov["end_time"] = provenance.now()
+    artifacts.write_json_atomic(run_dir / PROVENANCE, prov)
+    return RunResult(run_dir=run_dir, artifacts=dict(ctx.outputs), records=records)
+
+
+def trains(stage) -> bool:
+    """Stages with a `train:` block run on every rank (DDP); the others on rank 0 alone."""
+    return isinstance(getattr(stage, "train", None), TrainSpec)
+
+
+def run_stages(ctx: RunContext) -> None:
+    """Run the recipe's stages in order, skipping finished ones; fills ctx.outputs."""
     from distill import stages
 
+    recipe, procs = ctx.recipe, ctx.procs
+    names = [recipe_mod.stage_name(i, s) for i, s in enumerate(recipe.stages)]
     for index, stage in enumerate(recipe.stages):
-        name = recipe_mod.stage_name(index, stage)
+        name = names[index]
         ctx.stage_name = name
-        out = ctx.artifact_dir(name)
+        if not procs.is_main:
+            if not trains(stage):
+                continue  # rank 0 quantizes/exports alone; a copy would be thrown away
+            # Rank 0 has finished every earlier stage once it reaches this barrier, so `stage:`
+            # inputs and ctx.previous() resolve to complete artifacts here too.
+            procs.barrier()
+            ctx.outputs = {n: artifacts.load(ctx.run_artifact_dir(n)) for n in names[:index]}
+        elif procs.world_size > 1 and trains(stage):
+            procs.barrier()
+        out = ctx.run_artifact_dir(name)
         if artifacts.is_complete(out):
             logger.info("stage %s already finished: %s", name, out)
             ctx.outputs[name] = artifacts.load(out)
@@ -114,12 +179,11 @@ def run(recipe_path: str | Path | None = None, overrides: list[str] | None = Non
         logger.info("stage %d/%d: %s (%s)", index + 1, len(recipe.stages), name, stage.kind)
         # Stages see a fresh, stage-specific seed so a resumed run matches an uninterrupted one.
         provenance.seed_everything(recipe.seed + index)
-        ctx.outputs[name] = stages.get(stage.kind)(stage, ctx)
-
-    records = evaluate_run(ctx) if recipe.eval else []
-    prov["end_time"] = provenance.now()
-    artifacts.write_json_atomic(run_dir / PROVENANCE, prov)
-    return RunResult(run_dir=run_dir, artifacts=dict(ctx.outputs), records=records)
+        art = stages.get(stage.kind)(stage, ctx)
+        if procs.is_main:
+            ctx.outputs[name] = art
+        else:  # this rank's copy of the artifact; rank 0's is the one later stages read
+            shutil.rmtree(ctx.scratch_dir / "artifacts", ignore_errors=True)
 
 
 def evaluate_run(ctx: RunContext) -> list[Path]:

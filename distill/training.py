@@ -124,13 +124,25 @@ class _Stepper(torch.nn.Module):
         return self.step_fn(*args)
 
 
-def make_accelerator(dtype: str):
-    """accelerate's Accelerator: CPU (gloo under torchrun) without a GPU; bf16 autocast on GPU."""
+def has_experts(modules: dict[str, torch.nn.Module]) -> bool:
+    """True for mixture-of-experts models: in a step, one rank's tokens may bypass some experts."""
+    return any(name.rsplit(".", 1)[-1] == "experts"
+               for module in modules.values() for name, _ in module.named_modules())
+
+
+def make_accelerator(dtype: str, unused_params: bool = False):
+    """accelerate's Accelerator: CPU (gloo under torchrun) without a GPU; bf16 autocast on GPU.
+
+    unused_params: DDP skips parameters that got no gradient on a rank instead of waiting for
+    them (costs an autograd-graph walk per step, so only asked for when needed).
+    """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     cuda = torch.cuda.is_available()
     precision = "bf16" if dtype == "bfloat16" or (dtype == "auto" and cuda) else "no"
-    return Accelerator(cpu=not cuda, mixed_precision=precision)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_params)
+    return Accelerator(cpu=not cuda, mixed_precision=precision, kwargs_handlers=[ddp])
 
 
 def train(
@@ -152,15 +164,16 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    acc = make_accelerator(spec.dtype)
+    acc = make_accelerator(spec.dtype, unused_params=has_experts(modules))
     world, rank = acc.num_processes, acc.process_index
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     # The scheduler is stepped by hand (not acc.prepare'd): accelerate would step it once per
     # process, which changes the lr trajectory with the world size.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
-    ckpt_root = ctx.checkpoint_dir()
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    ckpt_root = ctx.checkpoint_dir()  # rank 0 writes checkpoints; every rank resumes from them
+    if acc.is_main_process:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
 
     start, tokens_seen = 0, 0
     last = latest_checkpoint(ckpt_root)

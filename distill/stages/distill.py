@@ -150,9 +150,10 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
 
         root = spec.cache.dir or str(ctx.run_dir / "teacher_cache" / ctx.stage_name)
         t_hash = teacher_cache.teacher_hash(teacher)
-        extra["teacher_cache"] = teacher_cache.fill(
-            root, teacher, blocks.tokens, loss_spec.top_k, vocab, spec.cache.shard_blocks,
-            spec.cache.batch_size, t_hash=t_hash)
+        with ctx.procs.main_first():  # one cache per run: rank 0 fills it, the other ranks find it full
+            extra["teacher_cache"] = teacher_cache.fill(
+                root, teacher, blocks.tokens, loss_spec.top_k, vocab, spec.cache.shard_blocks,
+                spec.cache.batch_size, t_hash=t_hash)
         extra["teacher_cache"]["dir"] = str(root)
         cache = teacher_cache.TeacherCache(root, expect_teacher=t_hash)
         teacher_head = None
