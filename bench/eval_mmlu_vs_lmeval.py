@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -126,15 +127,21 @@ def main() -> None:
                    "identical_choices": same, "n": len(ours), "max_abs_loglik_diff": diff,
                    "seconds_ours": t_ours, "seconds_lm_eval": t_theirs,
                    "items_per_s_ours": len(ours) / t_ours, "items_per_s_lm_eval": len(theirs) / t_theirs,
-                   "speedup": t_theirs / t_ours}
+                   "speedup": t_theirs / t_ours, "load_average_1min_after": os.getloadavg()[0]}
             print(json.dumps(run))
             report["runs"].append(run)
+            write(report, args)  # after every shot count: a long 5-shot run may be stopped
+
+
+def write(report: dict, args) -> None:
     OUT.mkdir(exist_ok=True)
+    report = dict(report, runs=list(report["runs"]))
     # Keep earlier runs with other shot counts (each run line carries its own command/conditions).
     previous = OUT / "eval_mmlu_vs_lmeval.json"
+    done = {r["shots"] for r in report["runs"]}
     if previous.is_file():
         old = json.loads(previous.read_text())
-        kept = [r for r in old.get("runs", []) if r["shots"] not in args.shots]
+        kept = [r for r in old.get("runs", []) if r["shots"] not in done]
         for r in kept:
             r.setdefault("conditions", {k: old[k] for k in ("items", "batch_size", "threads") if k in old})
         report["runs"] = sorted(kept + report["runs"], key=lambda r: r["shots"])
@@ -151,12 +158,14 @@ def main() -> None:
              "5-shot: our scorer runs each subject's shared few-shot prefix once (KV cache) and every "
              "question then costs only its own tokens; lm-eval scores every full prompt.", "",
              "| shots | items | threads | acc ours | acc lm-eval | identical choices | max abs loglik diff | "
-             "items/s ours | items/s lm-eval | speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "items/s ours | items/s lm-eval | speed-up | load avg after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         c = r["conditions"]
         lines.append(f"| {r['shots']} | {c.get('items')} | {c.get('threads')} | {r['acc_ours']:.4f} | {r['acc_lm_eval']:.4f} | "
                      f"{r['identical_choices']}/{r['n']} | {r['max_abs_loglik_diff']:.2e} | "
-                     f"{r['items_per_s_ours']:.2f} | {r['items_per_s_lm_eval']:.2f} | {r['speedup']:.2f}x |")
+                     f"{r['items_per_s_ours']:.2f} | {r['items_per_s_lm_eval']:.2f} | {r['speedup']:.2f}x | "
+                     f"{r.get('load_average_1min_after', float('nan')):.1f} |")
     (OUT / "eval_mmlu_vs_lmeval.md").write_text("\n".join(lines) + "\n")
 
 
