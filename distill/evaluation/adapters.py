@@ -1,8 +1,9 @@
 """One adapter interface for every artifact kind: the task code never sees the backend.
 
-A loader turns a model directory into a `CausalLM` (log-probs + generate) or a `SpeechToText`
-(transcribe). The manifest's `adapter` field picks the loader from ADAPTERS; the registry is a
-dict literal so `distill ls` can print it. Heavy libraries are imported inside the loaders.
+A loader turns a model directory into a `CausalLM` (log-probs + generate), a `SpeechToText`
+(Whisper) or a `qwen3_asr.Qwen3ASR` (both: transcribe). The manifest's `adapter` field picks the
+loader from ADAPTERS; the registry is a dict literal so `distill ls` can print it. Heavy libraries
+are imported inside the loaders.
 """
 
 from __future__ import annotations
@@ -246,9 +247,16 @@ def load_hf_whisper(path: str, device: str = "cpu", manifest=None) -> SpeechToTe
 
 
 def load_qwen3_asr(path: str, device: str = "cpu", manifest=None):
-    raise DistillError("the qwen3-asr adapter is not available yet (the qwen-asr package is not "
-                       "part of this install)", "evaluate Whisper artifacts, or install qwen-asr "
-                       "and add its loader to distill/evaluation/adapters.py")
+    """Qwen3-ASR through the qwen-asr package's classes; same `transcribe` contract as SpeechToText."""
+    from distill.evaluation import qwen3_asr
+
+    return qwen3_asr.load(path, device)
+
+
+def _load_speech(path: str, device: str = "cpu"):
+    """fp32 speech model of either family, by config model_type (PEFT bases, dynamic quant)."""
+    is_qwen = _config(path).get("model_type") == "qwen3_asr"
+    return (load_qwen3_asr if is_qwen else load_hf_whisper)(path, device)
 
 
 def _base_of_adapter(path: str, manifest) -> str:
@@ -267,7 +275,7 @@ def load_peft_adapter(path: str, device: str = "cpu", manifest=None):
     from peft import PeftModel
 
     base_path = _base_of_adapter(path, manifest)
-    base = (load_hf_whisper if is_speech(base_path) else load_hf_causal_lm)(base_path, device)
+    base = (_load_speech if is_speech(base_path) else load_hf_causal_lm)(base_path, device)
     model = PeftModel.from_pretrained(base.model, path).eval()
     base.model = model
     if isinstance(base, CausalLM):
@@ -300,6 +308,10 @@ def load_bnb(path: str, device: str = "cpu", manifest=None):
         kwargs["quantization_config"] = _bnb_config(path, manifest)
     if device == "cpu":
         kwargs["device_map"] = {"": "cpu"}
+    if _config(path).get("model_type") == "qwen3_asr":
+        from distill.evaluation import qwen3_asr
+
+        return qwen3_asr.load(path, device, "bitsandbytes", kwargs.get("quantization_config"))
     if is_speech(path):
         model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs).eval()
         return _whisper(model, path, "bitsandbytes", device)
@@ -316,7 +328,7 @@ def load_torch_dynamic_quant(path: str, device: str = "cpu", manifest=None):
 
     if device != "cpu":
         raise DistillError("torch dynamic quantization runs on CPU only", "use --device cpu")
-    inner = (load_hf_whisper if is_speech(path) else load_hf_causal_lm)(path, "cpu")
+    inner = (_load_speech if is_speech(path) else load_hf_causal_lm)(path, "cpu")
     inner.model = torch.ao.quantization.quantize_dynamic(inner.model, {torch.nn.Linear},
                                                          dtype=torch.qint8)
     inner.backend, inner.dtype = "torch-dynamic-quant", "qint8-dynamic"

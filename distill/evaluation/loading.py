@@ -86,14 +86,15 @@ def resolve_model(model: str) -> ModelRef:
     if path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1:
         raise DistillError(f"model '{model}' is not a directory", "pass an artifact or HF model "
                            "directory, asset:<id>, or a hub id like org/name")
-    try:  # a hub id: only AutoConfig is fetched to pick the adapter
-        from transformers import AutoConfig
+    try:  # a hub id: only its config.json is fetched to pick the adapter, read as a plain dict
+        # because AutoConfig rejects model types transformers lacks (qwen3_asr before v5)
+        from transformers import PretrainedConfig
 
-        cfg = AutoConfig.from_pretrained(model)
+        cfg, _ = PretrainedConfig.get_config_dict(model)
     except OSError as exc:
         raise DistillError(f"model '{model}' is neither a local directory nor a reachable hub id "
                            f"({str(exc).splitlines()[0]})", "check the path, or use asset:<id>")
-    adapter = _adapter_for_model_type(getattr(cfg, "model_type", None))
+    adapter = _adapter_for_model_type(cfg.get("model_type"))
     return ModelRef(source=model, artifact_id=f"hub/{model}", kind=adapter, adapter=adapter)
 
 
