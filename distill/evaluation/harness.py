@@ -92,6 +92,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     ref = resolve_model(model)
     base_record = results.find_baseline(baseline, results_dir) if baseline else None
     rows = {t.name: task_rows(t, limit) for t in tasks}  # fails on missing/empty data before loading
+    sizes = {t.name: len(task_rows(t)) for t in tasks} if limit is not None else {}
     if limit is not None and all(len(r) < limit for r in rows.values()):
         raise DistillError(f"--limit {limit} exceeds the size of every task in suite '{suite_spec.name}' "
                            f"(largest: {max(len(r) for r in rows.values())})", "use a smaller --limit")
@@ -105,6 +106,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DistillError(f"device '{device}' requested but CUDA is not available", "use --device cpu")
+    window_reset = throughput.reset_peak_memory(device)
     adapter = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
     if adapter.modality != suite_spec.modality:
         raise DistillError(f"suite '{suite_spec.name}' is for {suite_spec.modality} models but "
@@ -117,17 +119,19 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     for spec in tasks:
         t0 = time.perf_counter()
         found, task_samples, timings = _run_task(spec, adapter, rows[spec.name], batch)
+        # A limit at or above the task's size scored every item: the number is not partial.
+        task_limit = limit if limit is not None and limit < sizes[spec.name] else None
         for m in found:
             m["extra"]["wall_s"] = round(time.perf_counter() - t0, 3)
             if timings:
                 audio = sum(a for a, _, _ in timings)
                 m["extra"]["eval_rtfx"] = round(audio / sum(c for _, c, _ in timings), 3)
             metrics_out.append(results.Metric(task=spec.name, task_version=spec.version, suite=suite_spec.name,
-                                              limit=limit, evaluated=when["created"], **m))
+                                              limit=task_limit, evaluated=when["created"], **m))
         samples.extend({"task": spec.name, **s} for s in task_samples)
         logger.info("%s: %s (%.1f s)", spec.name,
                     ", ".join(f"{m['metric']}={m['value']:.4f}" for m in found), time.perf_counter() - t0)
-    speed = _throughput(suite_spec, adapter, rows) + throughput.peak_memory(device)
+    speed = _throughput(suite_spec, adapter, rows) + throughput.peak_memory(device, window_reset)
     when["eval_wall_s"] = round(time.perf_counter() - started, 3)
 
     record = results.Record(

@@ -54,7 +54,7 @@ def _speed(record: Record, kind: str):
 
 def _conditions(t) -> str:
     c = t.conditions
-    keys = ("batch_size", "dtype", "threads", "device_name", "backend", "warmup_steps", "n")
+    keys = ("batch_size", "dtype", "threads", "device_name", "backend", "warmup_steps", "n", "scope")
     return ", ".join(f"{k}={c[k]}" for k in keys if k in c)
 
 

@@ -59,15 +59,50 @@ def rtfx(audio_seconds: float, compute_seconds: float) -> float:
     return audio_seconds / compute_seconds
 
 
-def peak_memory(device: str) -> list[dict]:
-    """Peak resident memory of this process (whole run so far) and, on GPU, peak allocated."""
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    out = [{"kind": "peak_rss_bytes", "value": float(rss), "unit": "bytes"}]
+def reset_peak_memory(device: str) -> bool:
+    """Start a fresh peak-RSS window (Linux: VmHWM reset via /proc/self/clear_refs) and GPU peak.
+
+    Without it, a process that evaluates several models (a recipe's teacher, then each student)
+    would report the largest model's peak for all of them. Returns False where RSS cannot be reset.
+    """
     if device.startswith("cuda"):
         import torch
 
-        out.append({"kind": "peak_gpu_allocated_bytes", "unit": "bytes",
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory(device: str, window_reset: bool = False) -> list[dict]:
+    """Peak resident memory since `reset_peak_memory` (or of the whole process) and, on GPU, peak
+    allocated; `conditions.scope` says which."""
+    hwm = _vm_hwm() if window_reset else None
+    if hwm is not None:
+        rss, scope = hwm, "model load to end of suite"
+    else:
+        # ru_maxrss is KiB on Linux, bytes on macOS.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+        scope = "whole process so far"
+    out = [{"kind": "peak_rss_bytes", "value": float(rss), "unit": "bytes", "conditions": {"scope": scope}}]
+    if device.startswith("cuda"):
+        import torch
+
+        out.append({"kind": "peak_gpu_allocated_bytes", "unit": "bytes", "conditions": {"scope": scope},
                     "value": float(torch.cuda.max_memory_allocated(torch.device(device)))})
     return out
 

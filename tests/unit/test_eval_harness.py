@@ -175,3 +175,30 @@ def test_adapter_registry_and_qwen3_asr_is_not_faked(tmp_path):
     with pytest.raises(DistillError, match="not a Qwen3-ASR model directory"):
         adapters.ADAPTERS["qwen3-asr"](str(tmp_path))  # the real loader: tests/unit/test_eval_qwen3_asr.py
     assert Record.model_fields["schema_version"].default == 1
+
+
+def test_limit_covering_the_whole_task_is_not_marked_partial(tmp_path, byte_model):
+    from distill.evaluation.data import task_rows
+    from distill.evaluation.tasks import load_task
+
+    n = len(task_rows(load_task("smoke-ppl")))
+    rec = load_record(evaluate(str(byte_model), "smoke", limit=n, results_dir=tmp_path))
+    assert all(m.limit is None for m in rec.metrics)  # every item scored: a full number
+    if n > 1:
+        rec = load_record(evaluate(str(byte_model), "smoke", limit=n - 1, results_dir=tmp_path / "part"))
+        assert all(m.limit == n - 1 for m in rec.metrics)
+
+
+def test_peak_rss_window_restarts_per_model():
+    from distill.evaluation import throughput
+
+    ballast = b"x" * (300 * 2**20)  # 300 MiB written, then freed: a previous model's peak
+    del ballast
+    (before,) = throughput.peak_memory("cpu")
+    assert before["conditions"]["scope"] == "whole process so far"
+    assert before["value"] > 300 * 2**20
+    if not throughput.reset_peak_memory("cpu"):
+        pytest.skip("this OS cannot reset the peak-RSS counter")
+    (entry,) = throughput.peak_memory("cpu", window_reset=True)
+    assert entry["conditions"]["scope"] == "model load to end of suite"
+    assert entry["value"] < before["value"] - 200 * 2**20
