@@ -303,12 +303,13 @@ def load_bnb(path: str, device: str = "cpu", manifest=None):
     import torch
     from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration
 
+    config = _config(path)
     kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if "quantization_config" not in _config(path):
+    if "quantization_config" not in config:
         kwargs["quantization_config"] = _bnb_config(path, manifest)
     if device == "cpu":
         kwargs["device_map"] = {"": "cpu"}
-    if _config(path).get("model_type") == "qwen3_asr":
+    if config.get("model_type") == "qwen3_asr":
         from distill.evaluation import qwen3_asr
 
         return qwen3_asr.load(path, device, "bitsandbytes", kwargs.get("quantization_config"))
@@ -316,10 +317,14 @@ def load_bnb(path: str, device: str = "cpu", manifest=None):
         model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs).eval()
         return _whisper(model, path, "bitsandbytes", device)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
-    cfg = model.config.quantization_config
-    dtype = "int8" if getattr(cfg, "load_in_8bit", False) else getattr(cfg, "bnb_4bit_quant_type", "4bit")
-    return CausalLM(model=model, tokenizer=_tokenizer(path), backend="bitsandbytes", dtype=dtype,
+    return CausalLM(model=model, tokenizer=_tokenizer(path), backend="bitsandbytes", dtype=bnb_dtype(model),
                     device=device)
+
+
+def bnb_dtype(model) -> str:
+    """The record's dtype label of a bitsandbytes-loaded model: int8, nf4 or fp4."""
+    cfg = model.config.quantization_config
+    return "int8" if getattr(cfg, "load_in_8bit", False) else getattr(cfg, "bnb_4bit_quant_type", "4bit")
 
 
 def load_torch_dynamic_quant(path: str, device: str = "cpu", manifest=None):

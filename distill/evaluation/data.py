@@ -96,18 +96,23 @@ def task_rows(spec, limit: int | None = None, eval_dir: Path = EVAL_DIR) -> list
     if not rows:
         raise DistillError(f"task '{spec.name}' selects no rows from '{spec.dataset}'",
                            "check the task's split and `select:` filters, or reinstall the asset")
-    if limit is not None:
-        if limit < 1:
-            raise DistillError(f"--limit {limit} is not a positive number", "pass --limit N with N >= 1")
-        if limit > len(rows):
-            logger.warning("--limit %d exceeds the %d items of task %s: using all %d",
-                           limit, len(rows), spec.name, len(rows))
-        rows = spread(rows, limit)
     ids = [str(r.get(spec.id_field, i)) for i, r in enumerate(rows)]
     if len(set(ids)) != len(ids):
         raise DistillError(f"task '{spec.name}': item ids in '{spec.id_field}' are not unique",
                            "use a column with one id per row")
-    return rows
+    return limit_rows(rows, limit, spec.name)
+
+
+def limit_rows(rows: list, limit: int | None, task: str) -> list:
+    """`limit` evenly spread rows (all of them when limit is None or covers the task)."""
+    if limit is None:
+        return rows
+    if limit < 1:
+        raise DistillError(f"--limit {limit} is not a positive number", "pass --limit N with N >= 1")
+    if limit > len(rows):
+        logger.warning("--limit %d exceeds the %d items of task %s: using all %d",
+                       limit, len(rows), task, len(rows))
+    return spread(rows, limit)
 
 
 def item_id(row: dict, spec, index: int) -> str:

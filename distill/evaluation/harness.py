@@ -15,7 +15,7 @@ from distill.errors import DistillError
 from distill.evaluation import asr as asr_task
 from distill.evaluation import mc, perplexity, results, throughput
 from distill.evaluation.adapters import ADAPTERS
-from distill.evaluation.data import task_rows
+from distill.evaluation.data import limit_rows, task_rows
 from distill.evaluation.loading import ModelRef, count_params, resolve_model
 from distill.evaluation.tasks import EVAL_DIR, load_suite, load_task
 
@@ -91,8 +91,8 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     tasks = [load_task(name) for name in suite_spec.tasks]
     ref = resolve_model(model)
     base_record = results.find_baseline(baseline, results_dir) if baseline else None
-    rows = {t.name: task_rows(t, limit) for t in tasks}  # fails on missing/empty data before loading
-    sizes = {t.name: len(task_rows(t)) for t in tasks} if limit is not None else {}
+    full = {t.name: task_rows(t) for t in tasks}  # fails on missing/empty data before loading
+    rows = {name: limit_rows(r, limit, name) for name, r in full.items()}
     if limit is not None and all(len(r) < limit for r in rows.values()):
         raise DistillError(f"--limit {limit} exceeds the size of every task in suite '{suite_spec.name}' "
                            f"(largest: {max(len(r) for r in rows.values())})", "use a smaller --limit")
@@ -120,7 +120,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
         t0 = time.perf_counter()
         found, task_samples, timings = _run_task(spec, adapter, rows[spec.name], batch)
         # A limit at or above the task's size scored every item: the number is not partial.
-        task_limit = limit if limit is not None and limit < sizes[spec.name] else None
+        task_limit = limit if limit is not None and limit < len(full[spec.name]) else None
         for m in found:
             m["extra"]["wall_s"] = round(time.perf_counter() - t0, 3)
             if timings:

@@ -136,9 +136,7 @@ def load(path: str, device: str = "cpu", backend: str = "torch-eager",
     if backend != "bitsandbytes":
         model = model.to(device)
     model.eval()
-    if backend == "bitsandbytes":
-        cfg = model.config.quantization_config
-        dtype = "int8" if getattr(cfg, "load_in_8bit", False) else getattr(cfg, "bnb_4bit_quant_type", "4bit")
-    else:
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    from distill.evaluation.adapters import _dtype_name, bnb_dtype
+
+    dtype = bnb_dtype(model) if backend == "bitsandbytes" else _dtype_name(model)
     return Qwen3ASR(model=model, processor=processor, backend=backend, dtype=dtype, device=device)

@@ -102,7 +102,9 @@ def peak_memory(device: str, window_reset: bool = False) -> list[dict]:
     if device.startswith("cuda"):
         import torch
 
-        out.append({"kind": "peak_gpu_allocated_bytes", "unit": "bytes", "conditions": {"scope": scope},
+        # reset_peak_memory always resets the CUDA counter, whatever happened to the RSS one.
+        gpu_scope = "model load to end of suite" if window_reset else "whole process so far"
+        out.append({"kind": "peak_gpu_allocated_bytes", "unit": "bytes", "conditions": {"scope": gpu_scope},
                     "value": float(torch.cuda.max_memory_allocated(torch.device(device)))})
     return out
 
