@@ -224,8 +224,11 @@ def _whisper(model, path: str, backend: str, device: str) -> SpeechToText:
     multi = getattr(gen, "is_multilingual", None)
     if multi is None:
         multi = len(processor.tokenizer) >= 51865  # English-only vocabularies are one token shorter
-    return SpeechToText(model=model, processor=processor, backend=backend,
-                        dtype=_dtype_name(model) if backend != "onnxruntime" else "float32",
+    if backend == "bitsandbytes":  # its float32 convs/embeddings would otherwise name the dtype
+        dtype = bnb_dtype(model)
+    else:
+        dtype = "float32" if backend == "onnxruntime" else _dtype_name(model)
+    return SpeechToText(model=model, processor=processor, backend=backend, dtype=dtype,
                         device=device, multilingual=bool(multi))
 
 

@@ -73,3 +73,17 @@ def test_smollm2_mmlu_choices_equal_lm_eval(tmp_path):
         assert {i: argmax_first(v) for i, v in ours.items()} == {i: argmax_first(v) for i, v in theirs.items()}
         for i in ours:
             assert ours[i] == pytest.approx(theirs[i], abs=1e-3)
+
+
+def test_bnb_whisper_records_its_quantized_dtype():
+    """A bnb-loaded Whisper keeps float32 convs: the record must still say int8, not float32."""
+    pytest.importorskip("bitsandbytes")
+    _need("whisper-tiny.en")
+    from types import SimpleNamespace
+
+    from distill.assets import asset_path
+    from distill.evaluation.adapters import ADAPTERS
+
+    manifest = SimpleNamespace(extra={"quantization": {"bits": 8}})
+    speech = ADAPTERS["bnb"](str(asset_path("whisper-tiny.en")), "cpu", manifest)
+    assert speech.backend == "bitsandbytes" and speech.dtype == "int8"
