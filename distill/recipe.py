@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -170,6 +170,10 @@ class StudentSpec(Spec):
 
 # --------------------------------------------------------------------------------------- stages
 class StageBase(Spec):
+    """A stage block. `runner` ("module:function") is where the stage kind is registered: the one
+    place that says which code runs it (`distill.stages.get` imports it lazily)."""
+
+    runner: ClassVar[str]
     name: str | None = Field(None, description="stage name (default: <index>-<kind>)")
 
 
@@ -186,6 +190,7 @@ class TeacherCacheSpec(Spec):
 
 class DistillStage(StageBase):
     kind: Literal["distill"]
+    runner: ClassVar[str] = "distill.stages.distill:run"
     teacher: ModelRef = Field(description="the model to learn from")
     student: StudentSpec = Field(default_factory=StudentSpec, description="how the student is built")
     data: TextData = Field(description="training text")
@@ -214,6 +219,7 @@ class TrainStage(StageBase):
     """Plain next-token training of a model (e.g. the MoE teacher a MoE->dense recipe distils)."""
 
     kind: Literal["train"]
+    runner: ClassVar[str] = "distill.stages.train:run"
     model: ModelRef = Field(description="the model to train (inline config = from scratch)")
     data: TextData = Field(description="training text")
     router_aux_weight: float | None = Field(
@@ -232,6 +238,7 @@ class InputStage(StageBase):
 
 class LoraStage(InputStage):
     kind: Literal["lora"]
+    runner: ClassVar[str] = "distill.stages.lora:run"
     rank: int = Field(16, gt=0, description="LoRA rank: higher = more capacity and memory")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
@@ -243,6 +250,7 @@ class LoraStage(InputStage):
 
 class PruneStage(InputStage):
     kind: Literal["prune"]
+    runner: ClassVar[str] = "distill.stages.prune:run"
     method: Literal["depth", "width", "magnitude"] = Field("depth", description="what is removed")
     keep_layers: list[int] | None = Field(None, description="layers kept by method=depth")
     sparsity: float | None = Field(None, gt=0, lt=1, description="share of weights removed")
@@ -250,6 +258,7 @@ class PruneStage(InputStage):
 
 class QuantizeStage(InputStage):
     kind: Literal["quantize"]
+    runner: ClassVar[str] = "distill.stages.quantize:run"
     method: Literal["bnb-int8", "bnb-nf4", "torch-dynamic-int8"] = Field(
         "bnb-int8",
         description="bnb-int8 (LLM.int8), bnb-nf4 (4-bit NormalFloat), torch-dynamic-int8 "
@@ -259,6 +268,7 @@ class QuantizeStage(InputStage):
 
 class ExportStage(InputStage):
     kind: Literal["export"]
+    runner: ClassVar[str] = "distill.stages.export:run"
     format: Literal["onnx"] = Field("onnx", description="export format (optimum-onnx)")
     quantize: Literal["none", "int8-dynamic"] = Field(
         "none", description="ONNX Runtime dynamic INT8 of the exported graph (weights ~4x smaller)"
@@ -296,6 +306,7 @@ class AsrDistillStage(StageBase):
     """Speech-recognition distillation (distil-whisper recipe): pseudo-label, filter, KD + CE."""
 
     kind: Literal["distill-asr"]
+    runner: ClassVar[str] = "distill.stages.distill_asr:run"
     teacher: ModelRef = Field(description="the speech model to learn from (Whisper family)")
     student: AsrStudentSpec = Field(default_factory=AsrStudentSpec, description="how the student is built")
     data: SpeechData = Field(description="training utterances")
