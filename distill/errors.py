@@ -21,10 +21,26 @@ class DistillError(Exception):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        text = " ".join(self.problem.split())
+        text = _cap(" ".join(self.problem.split()), MAX_PROBLEM)
         if self.fix:
-            text += f" (fix: {' '.join(self.fix.split())})"
+            text += f" (fix: {_cap(' '.join(self.fix.split()), MAX_FIX)})"
         return text
+
+
+# An error line is read by a person: a problem that quotes a 5,000-character list or file hides
+# the one fact that matters. Lists are capped where they are built (`short_list`); this is the net.
+MAX_PROBLEM, MAX_FIX, MAX_LISTED = 400, 400, 12
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def short_list(items: Iterable[str], limit: int = MAX_LISTED) -> str:
+    """'a, b, c' for at most `limit` items, then '... (N more)'."""
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:
@@ -38,4 +54,4 @@ def unknown_choice(what: str, name: str, choices: Iterable[str]) -> DistillError
     choices = sorted(choices)
     guess = closest(name, choices)
     hint = f"did you mean '{guess}'? " if guess else ""
-    return DistillError(f"unknown {what} '{name}'", f"{hint}valid: {', '.join(choices)}")
+    return DistillError(f"unknown {what} '{name}'", f"{hint}valid: {short_list(choices, 40)}")

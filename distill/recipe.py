@@ -22,10 +22,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from distill.errors import DistillError, closest
 
 
-class Spec(BaseModel):
-    """Base for every recipe block: unknown keys are errors, values are checked on assignment."""
+# Bounds that turn a slip (`steps=1e29`, `seq_len=1e8`) into an error instead of a run that never
+# ends or allocates terabytes; far above any real recipe.
+MAX_STEPS = 100_000_000
+MAX_SEQ_LEN = 1 << 20
+MAX_SEED = 2**31 - 1  # numpy seeds must fit 32 bits; stages add their index to the recipe seed
+# A run id and a stage name become directory names: no separators, no leading dot.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Spec(BaseModel):
+    """Base for every recipe block: unknown keys are errors, values are checked on assignment,
+    and no float may be NaN/inf (`.nan` slips past a `<= 0` check)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------- models
@@ -71,7 +81,7 @@ class TextData(Spec):
         description="`asset:<id>` (e.g. asset:text-en), a .txt/.jsonl file, or a directory of .txt"
     )
     split: str = Field("train", description="dataset split for assets with splits")
-    seq_len: int = Field(128, gt=1, description="tokens per training block")
+    seq_len: int = Field(128, gt=1, le=MAX_SEQ_LEN, description="tokens per training block")
     max_tokens: int | None = Field(None, gt=0, description="cap on tokens read (None = all)")
     heldout_fraction: float = Field(
         0.05, ge=0, lt=1, description="share of a plain file kept aside for validation loss"
@@ -80,7 +90,7 @@ class TextData(Spec):
 
 # ------------------------------------------------------------------------------------- training
 class TrainSpec(Spec):
-    steps: int = Field(100, gt=0, description="optimizer steps")
+    steps: int = Field(100, gt=0, le=MAX_STEPS, description="optimizer steps")
     batch_size: int = Field(8, gt=0, description="sequences per micro-batch, per process")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW)")
@@ -236,24 +246,114 @@ class InputStage(StageBase):
     )
 
 
+class NoiseAugment(Spec):
+    """Noisy copies of the training utterances (speech LoRA): coloured noise mixed at given SNRs."""
+
+    kinds: list[Literal["pink", "brown", "white"]] = Field(
+        default_factory=lambda: ["pink", "brown"], description="noise colours drawn per copy")
+    snr_db: list[float] = Field(default_factory=lambda: [10.0, 0.0],
+                                description="signal-to-noise ratios (dB) drawn per copy")
+    copies: int = Field(1, gt=0, description="noisy copies per clean utterance")
+    keep_clean: bool = Field(True, description="also train on the clean utterances")
+
+
 class LoraStage(InputStage):
+    """Low-rank adapters (peft) on a frozen base: causal LMs on text, Whisper on speech.
+
+    QLoRA = `quantize_base: nf4` (the frozen base in 4-bit NormalFloat via bitsandbytes). The
+    objective is CE on the data or KD from `teacher` (the LoRA model is the student)."""
+
     kind: Literal["lora"]
     runner: ClassVar[str] = "distill.stages.lora:run"
     rank: int = Field(16, gt=0, description="LoRA rank: higher = more capacity and memory")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
-    target_modules: list[str] | str = Field("all-linear", description="modules that get adapters")
-    merge: bool = Field(True, description="merge adapters into the weights at the end")
-    data: TextData = Field(description="training text")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="module names (suffixes) that get adapters, or all-linear")
+    quantize_base: Literal["none", "nf4"] = Field(
+        "none", description="nf4 = QLoRA: the frozen base loaded in 4-bit NF4 (bitsandbytes)")
+    merge: bool = Field(
+        False, description="output merged full weights (the adapter is saved beside as <stage>-adapter); "
+        "false = the output is the PEFT adapter")
+    objective: Literal["ce", "kd"] = Field("ce", description="ce = next-token / transcript CE; kd = "
+                                           "distil `teacher` into the LoRA model")
+    teacher: ModelRef | None = Field(None, description="teacher for objective kd (same tokenizer)")
+    loss: LossSpec = Field(default_factory=lambda: LossSpec(kd_weight=1.0, ce_weight=0.0),
+                           description="KD loss for objective kd (kd_weight, ce_weight, temperature)")
+    data: TextData | None = Field(None, description="training text (causal LMs)")
+    speech: SpeechData | None = Field(None, description="training utterances (Whisper)")
+    noise: NoiseAugment | None = Field(None, description="noisy copies of the utterances (speech only)")
+    language: str | None = Field("en", description="Whisper language token (ignored by .en models)")
     train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
+
+    @model_validator(mode="after")
+    def _lora_rules(self) -> LoraStage:
+        if (self.data is None) == (self.speech is None):
+            raise ValueError("give exactly one of `data` (text, causal LMs) or `speech` (Whisper)")
+        if self.noise is not None and self.speech is None:
+            raise ValueError("`noise` augments speech: use it with `speech`, not `data`")
+        if self.objective == "kd" and self.teacher is None:
+            raise ValueError("objective kd needs `teacher` (e.g. asset:smollm2-135m-instruct)")
+        if self.objective == "ce" and self.teacher is not None:
+            raise ValueError("`teacher` is only used by objective kd: set objective: kd or remove it")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules is empty: name modules (e.g. [q_proj, v_proj]) or all-linear")
+        return self
 
 
 class PruneStage(InputStage):
+    """Structured (depth, width, experts) or unstructured (magnitude, 2:4) pruning of a causal LM.
+
+    Recovery is a following `distill` stage with `student: {init: model, model: stage:<this>}`."""
+
     kind: Literal["prune"]
     runner: ClassVar[str] = "distill.stages.prune:run"
-    method: Literal["depth", "width", "magnitude"] = Field("depth", description="what is removed")
-    keep_layers: list[int] | None = Field(None, description="layers kept by method=depth")
-    sparsity: float | None = Field(None, gt=0, lt=1, description="share of weights removed")
+    method: Literal["depth", "width", "experts", "magnitude", "2:4"] = Field(
+        "depth", description="depth = drop layers; width = FFN channels + attention heads by activation "
+        "importance (Minitron); experts = MoE experts by router-weighted activation (REAP); "
+        "magnitude = unstructured smallest |w|; 2:4 = 2 of every 4 weights")
+    keep_layers: list[int] | None = Field(None, description="depth: layer indices kept, ascending")
+    num_layers: int | None = Field(None, gt=0, description="depth: layers kept, evenly spaced")
+    intermediate_size: int | None = Field(None, gt=0, description="width: FFN channels kept per layer")
+    ffn_ratio: float | None = Field(None, gt=0, lt=1, description="width: share of FFN channels removed")
+    num_heads: int | None = Field(None, gt=0, description="width: query heads kept (a multiple of the "
+                                  "KV heads kept: GQA groups stay equal)")
+    num_kv_heads: int | None = Field(None, gt=0, description="width: KV heads (GQA groups) kept")
+    num_experts: int | None = Field(None, gt=0, description="experts: experts kept per MoE layer")
+    experts_ratio: float | None = Field(None, gt=0, lt=1, description="experts: share of experts removed")
+    sparsity: float | None = Field(None, gt=0, lt=1, description="magnitude: share of weights zeroed")
+    calibration: TextData | None = Field(None, description="width/experts: text the importance is "
+                                         "measured on")
+    calibration_blocks: int = Field(64, ge=8, description="calibration blocks used (at least 8)")
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> PruneStage:
+        given = {k for k in ("keep_layers", "num_layers", "intermediate_size", "ffn_ratio", "num_heads",
+                             "num_kv_heads", "num_experts", "experts_ratio", "sparsity")
+                 if getattr(self, k) is not None}
+        allowed = {"depth": {"keep_layers", "num_layers"},
+                   "width": {"intermediate_size", "ffn_ratio", "num_heads", "num_kv_heads"},
+                   "experts": {"num_experts", "experts_ratio"}, "magnitude": {"sparsity"}, "2:4": set()}[self.method]
+        if given - allowed:
+            raise ValueError(f"method {self.method} does not use {sorted(given - allowed)}; its fields: "
+                             f"{sorted(allowed) or 'none'}")
+        if self.method != "2:4" and not given:
+            raise ValueError(f"method {self.method} needs one of {sorted(allowed)}")
+        if {"intermediate_size", "ffn_ratio"} <= given or {"num_experts", "experts_ratio"} <= given \
+                or {"keep_layers", "num_layers"} <= given:
+            raise ValueError("give a size or a ratio, not both")
+        if self.keep_layers is not None and (not self.keep_layers or sorted(set(self.keep_layers))
+                                             != self.keep_layers or min(self.keep_layers) < 0):
+            raise ValueError("keep_layers must be ascending layer indices >= 0 without repeats")
+        if self.method in ("width", "experts") and self.calibration is None:
+            raise ValueError(f"method {self.method} ranks by activations: give `calibration` text "
+                             "(e.g. {source: asset:text-en, seq_len: 256})")
+        if self.num_heads is not None and self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads="
+                             f"{self.num_kv_heads}: GQA needs every KV head to serve the same number "
+                             "of query heads")
+        return self
 
 
 class QuantizeStage(InputStage):
@@ -278,21 +378,31 @@ class ExportStage(InputStage):
 class SpeechData(Spec):
     """Utterances for speech training: audio files with reference transcripts."""
 
-    source: str = Field(
-        description="`asset:<id>` (e.g. asset:tts-en) or a .jsonl manifest of {audio_path, text}"
+    source: str | list[str] = Field(
+        description="`asset:<id>` (e.g. asset:tts-en), a .jsonl manifest of {audio_path, text}, or a "
+        "list of them (mixed in a seeded order, so max_items takes from every source)"
     )
-    split: str | None = Field("train", description="dataset split for assets with splits")
+    split: str | None = Field("train", description="dataset split (assets with splits or a split column)")
     max_items: int | None = Field(None, gt=0, description="cap on utterances used (None = all)")
     max_seconds: float = Field(30.0, gt=0, le=30, description="drop longer clips (Whisper's window is 30 s)")
+    noisy: bool = Field(True, description="include noise-mixed rows (column `noise`) of the split")
 
 
 class AsrStudentSpec(Spec):
+    """The student's three CPU levers, each usable alone: decoder depth, encoder depth, window."""
+
     init: Literal["decoder_layer_map", "model"] = Field(
         "decoder_layer_map",
-        description="decoder_layer_map = teacher encoder + evenly spaced decoder layers "
-        "(first and last kept, as distil-whisper); model = load `model` as is",
+        description="decoder_layer_map = the teacher cut by the levers below (evenly spaced layers, "
+        "first and last kept, as distil-whisper); model = load `model` as is",
     )
-    decoder_layers: int = Field(2, gt=0, description="student decoder depth for decoder_layer_map")
+    decoder_layers: int | None = Field(2, gt=0, description="student decoder depth (None = the teacher's)")
+    encoder_layers: int | None = Field(
+        None, gt=0, description="student encoder depth (None = the teacher's); a cut encoder trains, "
+        "matched to the teacher's encoder output (loss.hidden_weight)")
+    window_seconds: int | None = Field(
+        None, gt=0, description="encoder window in whole seconds (None = the teacher's 30 s): positional "
+        "table sliced to its prefix, processor chunk_length set to match; longer audio is chunked")
     model: ModelRef | None = Field(None, description="student model for init=model")
 
     @model_validator(mode="after")
@@ -300,6 +410,17 @@ class AsrStudentSpec(Spec):
         if self.init == "model" and self.model is None:
             raise ValueError("student init 'model' needs `student.model`")
         return self
+
+
+class SpeechCacheSpec(Spec):
+    """Teacher outputs (pseudo-labels, encoder states, top-k log-probs) written once in shards."""
+
+    dir: str | None = Field(
+        None, description="cache directory (default: <run>/speech_cache); shared by the stages of a "
+        "run, refused when written by another teacher or for other data")
+    shard_items: int = Field(64, gt=0, description="utterances per shard file (resume granularity)")
+    batch_size: int = Field(8, gt=0, description="teacher batch while filling the cache")
+    top_k: int = Field(32, gt=0, le=1024, description="teacher log-probs kept per label token")
 
 
 class AsrDistillStage(StageBase):
@@ -316,15 +437,30 @@ class AsrDistillStage(StageBase):
         0.1, ge=0, description="drop utterances whose pseudo-label WER vs the reference exceeds "
         "this (None = keep all); distil-whisper calls this filter key to good distillation",
     )
+    max_empty_rate: float = Field(
+        0.2, ge=0, le=1, description="stop when more than this share of non-empty references get an "
+        "empty pseudo-label (silent/broken audio would teach the student to say nothing)")
     freeze_encoder: bool = Field(
-        True, description="keep the (shared) teacher encoder frozen: encoder outputs are computed "
-        "once and cached, so each step costs two decoder passes",
+        True, description="keep the student encoder frozen (its outputs are cached once: a step costs "
+        "decoder passes only); a cut encoder (student.encoder_layers) always trains",
     )
     loss: LossSpec = Field(
         default_factory=lambda: LossSpec(kind="forward_kl", temperature=2.0, kd_weight=1.0, ce_weight=0.8),
-        description="KD + CE on the (pseudo-)labels; distil-whisper: 0.8 CE + KL at T=2",
+        description="KD (teacher top-k, cached) + CE on the (pseudo-)labels + hidden_weight x MSE to the "
+        "teacher's encoder output; distil-whisper: 0.8 CE + KL at T=2",
     )
+    cache: SpeechCacheSpec = Field(default_factory=SpeechCacheSpec, description="teacher output cache")
     train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
+    init_only: bool = Field(False, description="save the cut student without training (the untrained baseline)")
+
+    @model_validator(mode="after")
+    def _asr_rules(self) -> AsrDistillStage:
+        if self.loss.hidden_weight and self.freeze_encoder and self.student.encoder_layers is None:
+            raise ValueError("loss.hidden_weight matches encoder outputs, but this student's encoder is "
+                             "frozen: set freeze_encoder: false or student.encoder_layers")
+        if self.loss.top_k is not None and self.loss.top_k > self.cache.top_k:
+            raise ValueError(f"loss.top_k {self.loss.top_k} exceeds cache.top_k {self.cache.top_k}")
+        return self
 
 
 STAGE_CLASSES = (DistillStage, AsrDistillStage, TrainStage, LoraStage, PruneStage, QuantizeStage,
@@ -353,7 +489,7 @@ class EvalSpec(Spec):
 class Recipe(Spec):
     name: str = Field(description="recipe name; part of the run id")
     description: str = ""
-    seed: int = Field(0, description="seeds python, numpy, torch and data order")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds python, numpy, torch and data order")
     output_dir: str = Field("runs", description="runs are written to <output_dir>/<run_id>/")
     vars: dict[str, Any] = Field(default_factory=dict, description="values for ${vars.x} interpolation")
     stages: list[Stage] = Field(description="stages in order; each consumes the previous artifact")
@@ -366,8 +502,17 @@ class Recipe(Spec):
             raise ValueError("`stages` is empty: add at least one stage (kinds: " + ", ".join(STAGE_KINDS) + ")")
         return stages
 
+    @field_validator("name")
+    @classmethod
+    def _dir_safe_name(cls, name: str) -> str:
+        check_name(name, "name")
+        return name
+
     @model_validator(mode="after")
     def _cross_stage_rules(self) -> Recipe:
+        for i, stage in enumerate(self.stages):
+            if stage.name is not None:
+                check_name(stage.name, f"stages.{i}.name")
         names = [stage_name(i, s) for i, s in enumerate(self.stages)]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -382,6 +527,13 @@ class Recipe(Spec):
                 raise ValueError(f"the first stage is '{stage.kind}' with no input: give it "
                                  "`model:` (e.g. asset:whisper-base) or put a stage before it")
         return self
+
+
+def check_name(name: str, where: str) -> None:
+    """Names that become directories (run id, artifacts/<stage>) must stay inside output_dir."""
+    if not NAME_RE.fullmatch(name):
+        raise ValueError(f"{where} {name!r} cannot be a directory name: use letters, digits and . _ + - "
+                         "(no '/', no leading dot, not empty)")
 
 
 def stage_name(index: int, stage: Any) -> str:
@@ -433,6 +585,9 @@ def interpolate(data: Any, root: Any | None = None, depth: int = 0) -> Any:
         return [interpolate(v, root, depth) for v in data]
     if not isinstance(data, str) or "${" not in data:
         return data
+    if re.search(r"\$\{\s*\}", data):
+        raise DistillError(f"empty interpolation '${{}}' in {data!r:.80}",
+                           "name a value inside it, e.g. ${vars.data_dir} or ${env:HOME}")
 
     def value(ref: str) -> Any:
         if ref.startswith("env:"):
@@ -473,9 +628,9 @@ def apply_override(data: dict, item: str) -> None:
             node = node[int(part)]
         elif isinstance(node, dict):
             node = node.setdefault(part, {})
-        else:
-            raise DistillError(f"override '{item}': '{where}' is a value, not a section",
-                               "override the value itself")
+        if not isinstance(node, (dict, list)):
+            raise DistillError(f"override '{item}': '{where}' is a value ({node!r:.40}), not a section",
+                               f"override the value itself, e.g. {where}=...")
     last = path[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
@@ -490,10 +645,21 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise DistillError(f"recipe file '{path}' not found", "check the path (recipes live in recipes/)")
     try:
-        data = safe_load(path.read_text())
+        data = safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DistillError(f"'{path}' is not a UTF-8 text file (binary data?)",
+                           "pass a YAML recipe, e.g. recipes/quickstart.yaml") from None
+    except OSError as exc:
+        raise DistillError(f"cannot read recipe '{path}': {exc.strerror or exc}", "check the file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
+        tag = re.search(r"tag '?(!!?python/[\w/.:-]*|tag:yaml.org,2002:python/[\w/.:-]*)", str(exc))
+        if tag:
+            name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise DistillError(f"'{path}' uses the Python-object YAML tag {name}{where}; recipes "
+                               "are read with safe loading, which never builds Python objects",
+                               "write a plain value instead of the tag") from None
         raise DistillError(f"'{path}' is not valid YAML{where}", "fix the YAML syntax") from None
     if not isinstance(data, dict):
         raise DistillError(f"'{path}' does not hold a mapping of recipe keys",
@@ -546,7 +712,7 @@ def explain(exc: ValidationError, source: str) -> DistillError:
         guess = closest(key, valid)
         fix = f"did you mean '{guess}'?" if guess else "remove it"
         if valid:
-            fix += f" valid keys here: {', '.join(valid)}"
+            fix += f"; valid keys here: {', '.join(valid)}"
         return DistillError(f"{source}: unknown key '{where}'", fix)
     if err["type"] == "union_tag_invalid":
         bad = err.get("input", {}).get("kind") if isinstance(err.get("input"), dict) else None
@@ -559,8 +725,9 @@ def explain(exc: ValidationError, source: str) -> DistillError:
         return DistillError(f"{source}: missing required key '{where}'", "add it to the recipe")
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
-    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-    return DistillError(f"{source}: {where}: {msg}{shown}", "fix this value in the recipe or override")
+    shown = f" (got {got!r:.80})" if got is not None and not isinstance(got, (dict, list)) else ""
+    at = f"{where}: " if loc else ""  # a cross-field rule names its own keys
+    return DistillError(f"{source}: {at}{msg}{shown}", "fix this value in the recipe or override")
 
 
 def build(data: dict, overrides: list[str] | None = None, source: str = "recipe") -> Recipe:
