@@ -168,8 +168,9 @@ class SpeechToText:
         import torch
 
         kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False}
-        if max(len(a) for a in audios) > 30 * sampling_rate:
-            # Past Whisper's 30 s window: sequential long-form decoding (timestamps drive the
+        window_s = getattr(self.processor.feature_extractor, "chunk_length", 30)  # a cut student: < 30
+        if max(len(a) for a in audios) > window_s * sampling_rate:
+            # Past the model's window: sequential long-form decoding (timestamps drive the
             # window shifts) instead of silently truncating the audio.
             feats = self.processor.feature_extractor(
                 audios, sampling_rate=sampling_rate, return_tensors="pt", truncation=False,
@@ -315,7 +316,9 @@ def load_bnb(path: str, device: str = "cpu", manifest=None):
     if config.get("model_type") == "qwen3_asr":
         from distill.evaluation import qwen3_asr
 
-        return qwen3_asr.load(path, device, "bitsandbytes", kwargs.get("quantization_config"))
+        asr = qwen3_asr.load(path, device, "bitsandbytes", kwargs.get("quantization_config"))
+        asr.dtype = bnb_dtype(asr.model)  # its float32 convs/embeddings would otherwise name the dtype
+        return asr
     if is_speech(path):
         model = WhisperForConditionalGeneration.from_pretrained(path, **kwargs).eval()
         return _whisper(model, path, "bitsandbytes", device)

@@ -1,8 +1,8 @@
 """The qwen3-asr adapter transcribes exactly as the qwen-asr package does, and evaluates end to end.
 
-No Qwen3-ASR weights exist offline, so a tiny random one is built in-process around the real Qwen3
-tokenizer (asset qwen3-tokenizer) when it is installed, else around a byte-level stand-in; either
-gets Qwen3-ASR's audio tokens and chat layout (PEFT and quantization tests always use the small
+No Qwen3-ASR weights exist offline, so a tiny random one is built in-process (by the model home,
+distill.qwen3_asr) around the real Qwen3 tokenizer (asset qwen3-tokenizer) when it is installed,
+else around a byte-level stand-in; either gets Qwen3-ASR's audio tokens and chat layout (PEFT and quantization tests always use the small
 byte vocabulary). Random weights write gibberish: what is tested is that both paths write the SAME
 gibberish for the same audio, prompt and greedy decoding.
 """
@@ -26,77 +26,35 @@ from distill.evaluation.loading import infer_adapter, resolve_model
 from distill.evaluation.results import load_record
 from tests.conftest import ROOT
 
-# Qwen3-ASR's tokenizer = the Qwen3 one plus these; `<asr_text>` is not special, so it survives
-# skip_special_tokens and the package's parser can split "language X<asr_text>text" on it.
-AUDIO_TOKENS = {"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
-                "audio_eos_token": "<|audio_end|>"}
-# The layout of Qwen3-ASR's chat template: system turn (context), user turn = one audio placeholder.
-TEMPLATE = (
-    "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' }}"
-    "{%- if m.content is string %}{{- m.content }}{%- else %}{%- for c in m.content %}"
-    "{%- if c.type == 'audio' %}{{- '<|audio_start|><|audio_pad|><|audio_end|>' }}"
-    "{%- elif c.type == 'text' %}{{- c.text }}{%- endif %}{%- endfor %}{%- endif %}"
-    "{{- '<|im_end|>\\n' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 NEW_TOKENS = 10  # random weights rarely stop by themselves: bound the decode for speed
-
-
-def qwen_tokenizer(real: bool):
-    """The real Qwen3 tokenizer (asset) or a byte-level stand-in, + Qwen3-ASR's extra tokens."""
-    from tokenizers import AddedToken
-    from transformers import AutoTokenizer, Qwen2TokenizerFast
-
-    if real:
-        from distill.assets import asset_path
-
-        tok = AutoTokenizer.from_pretrained(asset_path("qwen3-tokenizer"), extra_special_tokens=AUDIO_TOKENS)
-    else:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-
-        chars = bytes_to_unicode()
-        bpe = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-        bpe.decoder = decoders.ByteLevel()
-        tok = Qwen2TokenizerFast(tokenizer_object=bpe, extra_special_tokens=AUDIO_TOKENS, unk_token=None,
-                                 eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                 additional_special_tokens=["<|im_start|>"])
-    tok.add_special_tokens({"additional_special_tokens": list(AUDIO_TOKENS.values())},
-                           replace_additional_special_tokens=False)
-    tok.add_tokens([AddedToken("<asr_text>", special=False, normalized=False)])
-    return tok
+# A 2-layer Qwen3-ASR (the STACK.md traps: mrope_section sums to head_dim / 2, n_window 50, audio
+# output_dim == decoder hidden size); token ids and vocab come from the tokenizer.
+TINY_CONFIG = {"thinker_config": {
+    "audio_config": {"num_mel_bins": 128, "encoder_layers": 1, "encoder_attention_heads": 2,
+                     "encoder_ffn_dim": 64, "d_model": 32, "output_dim": 32, "n_window": 50,
+                     "n_window_infer": 100, "downsample_hidden_size": 8},
+    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+                    "max_position_embeddings": 4096,
+                    "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "interleaved": True}}}}
 
 
 def build_tiny(out, real_tokenizer: bool):
-    """A 2-layer random Qwen3-ASR + processor saved as a plain HF directory (no manifest)."""
+    """A 2-layer random Qwen3-ASR + processor saved as a plain HF directory (no manifest), built
+    by the model home (distill.qwen3_asr) around the real Qwen3 tokenizer or the byte-level one."""
     pytest.importorskip("qwen_asr")  # 10-20 s import: paid only when these tests run
-    import torch
-    from qwen_asr.core.transformers_backend import (Qwen3ASRConfig, Qwen3ASRForConditionalGeneration,
-                                                    Qwen3ASRProcessor)
-    from transformers import WhisperFeatureExtractor
+    import copy
 
-    tok = qwen_tokenizer(real_tokenizer)
-    processor = Qwen3ASRProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=128), tokenizer=tok,
-                                  chat_template=TEMPLATE)
-    cfg = Qwen3ASRConfig(thinker_config={
-        "audio_config": {"num_mel_bins": 128, "encoder_layers": 1, "encoder_attention_heads": 2,
-                         "encoder_ffn_dim": 64, "d_model": 32, "output_dim": 32, "n_window": 50,
-                         "n_window_infer": 100, "downsample_hidden_size": 8},
-        "text_config": {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
-                        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-                        "head_dim": 16, "max_position_embeddings": 4096,
-                        # mrope_section sums to head_dim / 2
-                        "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "interleaved": True}},
-        "audio_token_id": tok.convert_tokens_to_ids("<|audio_pad|>"),
-        "audio_start_token_id": tok.convert_tokens_to_ids("<|audio_start|>")})
-    torch.manual_seed(0)
-    model = Qwen3ASRForConditionalGeneration(cfg).eval()
+    import torch
+
+    from distill import qwen3_asr
+
+    processor = qwen3_asr.twin_processor("asset:qwen3-tokenizer" if real_tokenizer else "bytes")
+    model = qwen3_asr.build_model(copy.deepcopy(TINY_CONFIG), processor, seed=0)
     with torch.no_grad():  # sharper logits and louder audio embeddings: the text follows the audio
         model.thinker.lm_head.weight.mul_(50)
         model.thinker.audio_tower.proj2.weight.mul_(50)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    qwen3_asr.save(model, processor, out)
     return out
 
 
@@ -250,3 +208,15 @@ def test_a_hub_id_resolves_by_its_raw_config(monkeypatch):
                         classmethod(lambda cls, name, **kwargs: ({"model_type": "qwen3_asr"}, {})))
     ref = resolve_model("Qwen/Qwen3-ASR-0.6B")
     assert (ref.adapter, ref.kind, ref.source) == ("qwen3-asr", "qwen3-asr", "Qwen/Qwen3-ASR-0.6B")
+
+
+def test_language_table_and_audio_limit_match_the_package():
+    """The model home keeps these torch-free (validate reads them): they must equal the package's."""
+    pytest.importorskip("qwen_asr")
+    from qwen_asr.inference.utils import MAX_ASR_INPUT_SECONDS, SUPPORTED_LANGUAGES
+
+    from distill import qwen3_asr
+
+    assert set(qwen3_asr.LANGUAGES.values()) <= set(SUPPORTED_LANGUAGES)
+    assert qwen3_asr.MAX_AUDIO_SECONDS == MAX_ASR_INPUT_SECONDS
+    assert qwen3_asr.language_name("english") == "English" and qwen3_asr.language_code("Chinese") == "zh"
