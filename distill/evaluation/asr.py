@@ -78,20 +78,10 @@ def run(spec: AsrTask, asr, rows: list[dict], batch_size: int):
     items, skipped = load_items(spec, rows)
     preds, timings = transcribe(asr, items, batch_size, spec.language, desc=spec.name)
     refs = [it["reference"] for it in items]
-    scores = metrics.asr_scores(preds, refs, spec.normalizer)
-    samples = []
-    for it, pred in zip(items, preds):
-        err = metrics.utterance_errors(pred, it["reference"], spec.normalizer)
-        samples.append({"id": it["id"], "prediction": pred, "reference": it["reference"],
-                        "audio_s": round(it["seconds"], 4), **err})
+    found, per_item = metrics.asr_task_scores(preds, refs, spec.normalizer, spec.metrics)
+    samples = [{"id": it["id"], "prediction": pred, "reference": it["reference"],
+                "audio_s": round(it["seconds"], 4), **row} for it, pred, row in zip(items, preds, per_item)]
     samples.extend(skipped)
-    extra = {k: scores[k] for k in ("substitutions", "insertions", "deletions", "n_ref_words",
-                                    "n_empty_refs")}
-    extra.update(n_decode_failed=len(skipped), normalizer=spec.normalizer, language=spec.language)
-    found = []
-    for name in spec.metrics:
-        if name not in ("wer", "wer_ortho", "cer"):
-            raise DistillError(f"task '{spec.name}': unknown metric '{name}'", "use wer, wer_ortho or cer")
-        found.append({"metric": name, "value": scores[name], "stderr": None, "n": scores["n"],
-                      "higher_is_better": False, "extra": extra})
+    for m in found:
+        m["extra"].update(n_decode_failed=len(skipped), language=spec.language)
     return found, samples, timings

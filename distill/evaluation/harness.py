@@ -115,6 +115,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
                 suite_spec.name)
 
     when = _provenance(model, suite_spec, limit, device, batch, torch.get_num_threads())
+    when["load_avg_before"] = throughput.load_average()
     metrics_out, samples = [], []
     for spec in tasks:
         t0 = time.perf_counter()
@@ -131,14 +132,17 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
         samples.extend({"task": spec.name, **s} for s in task_samples)
         logger.info("%s: %s (%.1f s)", spec.name,
                     ", ".join(f"{m['metric']}={m['value']:.4f}" for m in found), time.perf_counter() - t0)
-    speed = _throughput(suite_spec, adapter, rows) + throughput.peak_memory(device, window_reset)
+    speed = _throughput(suite_spec, adapter, rows) + throughput.peak_memory(device, window_reset,
+                                                                            when["load_avg_before"])
     when["eval_wall_s"] = round(time.perf_counter() - started, 3)
+    when["load_avg_after"] = throughput.load_average()
 
     record = results.Record(
         artifact_id=ref.artifact_id, kind=ref.kind, adapter=ref.adapter, family=_family(ref),
         modality=adapter.modality, params=ref.params or count_params(adapter.model),
         size_bytes=ref.size_bytes, lineage=ref.lineage, recipe_sha256=ref.recipe_sha256,
         run_id=ref.run_id, provenance=when, metrics=metrics_out,
+        suites={suite_spec.name: results.suite_run(when)}, gate=results.gate_of(ref),
         throughput=[results.Throughput(suite=suite_spec.name, **t) for t in speed],
         samples=results.samples_relpath(ref.artifact_id))
     if base_record is not None:

@@ -35,13 +35,30 @@ def _basic_normalizer():
     return BasicTextNormalizer()
 
 
+@lru_cache(maxsize=1)
+def _traditional_to_simplified():
+    import opencc
+
+    return opencc.OpenCC("t2s")
+
+
+NORMALIZERS = ("english", "basic", "mandarin")
+
+
 def normalize(text: str, kind: str) -> str:
-    """'english': Whisper EnglishTextNormalizer (+ spelling map); 'basic': any language."""
+    """'english': Whisper EnglishTextNormalizer (+ spelling map); 'basic': any language;
+    'mandarin': Traditional -> Simplified script (OpenCC t2s), then 'basic'.
+
+    Whisper writes Mandarin in either script, unpredictably per utterance; the same word in the
+    other script is not a recognition error, so CER against Simplified references converts first.
+    """
     if kind == "english":
         return _english_normalizer(str(SPELLING_FILE))(text)
     if kind == "basic":
         return _basic_normalizer()(text)
-    raise DistillError(f"unknown normalizer '{kind}'", "use english or basic")
+    if kind == "mandarin":
+        return _basic_normalizer()(_traditional_to_simplified().convert(text))
+    raise DistillError(f"unknown normalizer '{kind}'", f"use one of {', '.join(NORMALIZERS)}")
 
 
 def _chars(text: str) -> str:
@@ -93,6 +110,92 @@ def utterance_errors(prediction: str, reference: str, normalizer: str = "english
     out = jiwer.process_words(ref, hyp)
     return {"errors": out.substitutions + out.deletions + out.insertions,
             "ref_words": out.hits + out.substitutions + out.deletions}
+
+
+def char_errors(prediction: str, reference: str, normalizer: str = "english") -> dict:
+    """Per-item character errors (spaces removed) after normalisation, for CER tasks' samples."""
+    import jiwer
+
+    ref, hyp = _chars(normalize(reference, normalizer)), _chars(normalize(prediction, normalizer))
+    if not ref.strip():
+        return {"char_errors": None, "ref_chars": 0}
+    out = jiwer.process_words(ref, hyp)
+    return {"char_errors": out.substitutions + out.deletions + out.insertions,
+            "ref_chars": out.hits + out.substitutions + out.deletions}
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" or "\u3040" <= ch <= "\u30ff"
+
+
+def _units(text: str) -> list[str]:
+    """Characters for text with CJK script (no word spaces), else words."""
+    if any(_is_cjk(ch) for ch in text):
+        return [ch for ch in text if not ch.isspace()]
+    return text.split()
+
+
+def longest_repeat(units: list[str], max_ngram: int = 8) -> int:
+    """Most back-to-back copies of any n-gram (n <= max_ngram) in `units`; 1 = nothing repeats."""
+    best = 1
+    size = len(units)
+    for n in range(1, max_ngram + 1):
+        for start in range(0, size - 2 * n + 1):
+            gram = units[start: start + n]
+            count, pos = 1, start + n
+            while pos + n <= size and units[pos: pos + n] == gram:
+                count, pos = count + 1, pos + n
+            best = max(best, count)
+    return best
+
+
+# Greedy decoding that falls into a loop repeats one token or phrase until max_new_tokens; four
+# back-to-back copies where the reference has fewer is that failure, not a hard word.
+LOOP_REPEATS = 4
+
+
+def repetition_loop(prediction: str, reference: str, normalizer: str = "english",
+                    min_repeats: int = LOOP_REPEATS) -> bool:
+    """True when the prediction repeats an n-gram >= min_repeats times back to back and the
+    reference does not (a decoding loop). Both texts are normalised first."""
+    hyp = longest_repeat(_units(normalize(prediction, normalizer)))
+    return hyp >= min_repeats and longest_repeat(_units(normalize(reference, normalizer))) < min_repeats
+
+
+def asr_task_scores(predictions: list[str], references: list[str], normalizer: str,
+                    wanted: list[str]) -> tuple[list[dict], list[dict]]:
+    """An ASR task's metrics and per-utterance scoring fields, from raw text only.
+
+    -> (metric dicts {metric, value, stderr, n, higher_is_better, extra}, per-item dicts in input
+    order). The one scoring path of `distill eval` and of re-scoring stored samples. Utterances
+    caught in a repetition loop are flagged per item and counted (`n_repetition_loops`); the
+    extra `<metric>_without_loops` separates loops from ordinary errors.
+    """
+    unknown = [m for m in wanted if m not in ("wer", "wer_ortho", "cer")]
+    if unknown:
+        raise DistillError(f"unknown ASR metric '{unknown[0]}'", "use wer, wer_ortho or cer")
+    scores = asr_scores(predictions, references, normalizer)
+    per_item = []
+    for pred, ref in zip(predictions, references):
+        row = utterance_errors(pred, ref, normalizer)
+        if "cer" in wanted:
+            row.update(char_errors(pred, ref, normalizer))
+        row["repetition_loop"] = repetition_loop(pred, ref, normalizer)
+        per_item.append(row)
+    loops = [i for i, row in enumerate(per_item) if row["repetition_loop"]]
+    extra = {k: scores[k] for k in ("substitutions", "insertions", "deletions", "n_ref_words",
+                                    "n_empty_refs")}
+    extra.update(normalizer=normalizer, n_repetition_loops=len(loops))
+    clean = [i for i in range(len(predictions)) if i not in set(loops)]
+    if loops and clean:
+        try:
+            rest = asr_scores([predictions[i] for i in clean], [references[i] for i in clean], normalizer)
+            extra.update({f"{m}_without_loops": rest[m] for m in wanted})
+        except DistillError:  # every remaining reference normalises to empty
+            pass
+    found = [{"metric": name, "value": scores[name], "stderr": None, "n": scores["n"],
+              "higher_is_better": False, "extra": dict(extra)} for name in wanted]
+    return found, per_item
 
 
 def mean_stderr(values: list[float]) -> float:

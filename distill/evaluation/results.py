@@ -46,6 +46,50 @@ class Throughput(BaseModel):
     conditions: dict[str, Any] = Field(default_factory=dict)
 
 
+class SuiteRun(BaseModel):
+    """What one suite's numbers depend on. A record merges suites run at different times, from
+    different commits and with different settings, so each suite keeps its own conditions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suite: str
+    suite_version: int | None = None
+    command: str | None = None
+    created: str | None = None  # ISO time the suite started
+    git_sha: str | None = None
+    git_dirty: bool | None = None  # True: numbers from uncommitted code
+    threads: int | None = None
+    batch_size: int | None = None  # scoring batch (throughput has its own, in its conditions)
+    limit: int | None = None
+    device: str | None = None
+    eval_wall_s: float | None = None
+    load_avg_before: list[float] | None = None  # /proc/loadavg 1/5/15 min at start and end
+    load_avg_after: list[float] | None = None
+    rescored: dict[str, Any] | None = None  # metrics recomputed from the stored samples: when/how
+    note: str | None = None  # e.g. which fields were not recorded by older versions
+
+
+def suite_run(provenance: dict) -> SuiteRun:
+    """The SuiteRun of one `distill eval` from the provenance dict the harness builds."""
+    git = provenance.get("git") or {}
+    suite = provenance["suite"]
+    return SuiteRun(suite=suite, suite_version=provenance.get("suite_version"),
+                    command=(provenance.get("commands") or {}).get(suite), created=provenance.get("created"),
+                    git_sha=git.get("sha"), git_dirty=git.get("dirty"), threads=provenance.get("threads"),
+                    batch_size=provenance.get("batch_size"), limit=provenance.get("limit"),
+                    device=(provenance.get("machine") or {}).get("device"),
+                    eval_wall_s=provenance.get("eval_wall_s"),
+                    load_avg_before=provenance.get("load_avg_before"),
+                    load_avg_after=provenance.get("load_avg_after"))
+
+
+def gate_of(ref) -> dict | None:
+    """The `gate` an export/quantize stage wrote into the artifact's manifest (its own check that
+    the artifact still matches its source), carried into the record so the report can show it."""
+    gate = getattr(ref.manifest, "gate", None) or (getattr(ref, "extra", None) or {}).get("gate")
+    return dict(gate) if isinstance(gate, dict) else None
+
+
 class Recovery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -70,7 +114,9 @@ class Record(BaseModel):
     lineage: list[str] = Field(default_factory=list)
     recipe_sha256: str | None = None
     run_id: str | None = None
-    provenance: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)  # the latest `distill eval` only
+    suites: dict[str, SuiteRun] = Field(default_factory=dict)  # suite -> its own conditions
+    gate: dict[str, Any] | None = None  # the artifact's manifest `gate` (export checks), when present
     metrics: list[Metric] = Field(default_factory=list)
     throughput: list[Throughput] = Field(default_factory=list)
     recovery: list[Recovery] = Field(default_factory=list)
@@ -146,6 +192,10 @@ def merge(old: Record | None, new: Record, new_samples: list[dict], old_samples:
     new.metrics = [m for m in old.metrics if m.task not in tasks] + new.metrics
     new.throughput = [t for t in old.throughput if t.suite not in suites] + new.throughput
     new.provenance["commands"] = {**old.provenance.get("commands", {}), **new.provenance.get("commands", {})}
+    # Each suite keeps the conditions it ran under; the new run's own suites replace theirs.
+    ran = set(new.suites) | {m.suite for m in new.metrics}
+    new.suites = {**{k: v for k, v in old.suites.items() if k not in ran}, **new.suites}
+    new.gate = new.gate if new.gate is not None else old.gate
     kept = [r for r in old.recovery if r.task not in tasks]
     new.recovery = kept + new.recovery
     return new, [s for s in old_samples if s.get("task") not in tasks] + new_samples

@@ -73,8 +73,8 @@ class AsrTask(_Task):
     text_field: str = "text"
     audio_field: str = "audio_path"
     language: str = "en"  # forced for multilingual models
-    normalizer: Literal["english", "basic"] = "english"
-    metrics: list[str] = Field(default_factory=lambda: ["wer", "wer_ortho", "cer"])
+    normalizer: Literal["english", "basic", "mandarin"] = "english"  # see metrics.normalize
+    metrics: list[Literal["wer", "wer_ortho", "cer"]] = Field(default_factory=lambda: ["wer", "wer_ortho", "cer"])
 
 
 class PerplexityTask(_Task):

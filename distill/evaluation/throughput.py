@@ -1,13 +1,15 @@
 """Speed numbers with their conditions: LM prefill/decode tokens/s, ASR RTFx and latency, memory.
 
 A number without batch size, dtype, threads, device, backend, warm-up and timer is not comparable
-(Open ASR Leaderboard saw RTFx move 633 -> 729 from warm-up alone), so every entry carries them.
+(Open ASR Leaderboard saw RTFx move 633 -> 729 from warm-up alone), so every entry carries them,
+and the load average before and after (on a shared machine the same code runs at half speed).
 Timing uses time.perf_counter around whole calls, after `warmup` untimed batches.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import resource
 import sys
@@ -33,6 +35,14 @@ def device_name(device: str) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load average: on a shared machine it says how contended a speed number was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):  # not on every platform
+        return None
 
 
 def conditions(adapter, batch_size: int, warmup: int, n: int) -> dict:
@@ -88,9 +98,9 @@ def _vm_hwm() -> int | None:
     return None
 
 
-def peak_memory(device: str, window_reset: bool = False) -> list[dict]:
+def peak_memory(device: str, window_reset: bool = False, load_avg_before: list[float] | None = None) -> list[dict]:
     """Peak resident memory since `reset_peak_memory` (or of the whole process) and, on GPU, peak
-    allocated; `conditions.scope` says which."""
+    allocated; `conditions.scope` says which (with the load average over that window)."""
     hwm = _vm_hwm() if window_reset else None
     if hwm is not None:
         rss, scope = hwm, "model load to end of suite"
@@ -98,13 +108,14 @@ def peak_memory(device: str, window_reset: bool = False) -> list[dict]:
         # ru_maxrss is KiB on Linux, bytes on macOS.
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
         scope = "whole process so far"
-    out = [{"kind": "peak_rss_bytes", "value": float(rss), "unit": "bytes", "conditions": {"scope": scope}}]
+    load = {"load_avg_before": load_avg_before, "load_avg_after": load_average()}
+    out = [{"kind": "peak_rss_bytes", "value": float(rss), "unit": "bytes", "conditions": {"scope": scope, **load}}]
     if device.startswith("cuda"):
         import torch
 
         # reset_peak_memory always resets the CUDA counter, whatever happened to the RSS one.
         gpu_scope = "model load to end of suite" if window_reset else "whole process so far"
-        out.append({"kind": "peak_gpu_allocated_bytes", "unit": "bytes", "conditions": {"scope": gpu_scope},
+        out.append({"kind": "peak_gpu_allocated_bytes", "unit": "bytes", "conditions": {"scope": gpu_scope, **load},
                     "value": float(torch.cuda.max_memory_allocated(torch.device(device)))})
     return out
 
@@ -134,6 +145,7 @@ def measure_lm(lm, text: str, batch_size: int, warmup: int, n: int, prompt_token
     batch = torch.tensor(ids).view(batch_size, prompt_tokens)
     mask = torch.ones_like(batch)
     n_batches = max(1, -(-n // batch_size))
+    load_before = load_average()
     for _ in range(warmup):
         lm.last_logprobs(batch.tolist())
         lm.generate(batch, mask, new_tokens)
@@ -150,7 +162,8 @@ def measure_lm(lm, text: str, batch_size: int, warmup: int, n: int, prompt_token
         prefill.append(t1 - t0)
         gen.append(t2 - t1)
     cond = conditions(lm, batch_size, warmup, n_batches * batch_size)
-    cond.update(prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    cond.update(prompt_tokens=prompt_tokens, new_tokens=new_tokens, load_avg_before=load_before,
+                load_avg_after=load_average())
     t_prefill, t_gen = sum(prefill), sum(gen)
     decode_s = max(t_gen - t_prefill, 1e-9)
     return [
@@ -171,6 +184,7 @@ def measure_asr(asr, items: list[dict], batch_size: int, warmup: int, n: int, la
     timed = items[:n]
     if not timed:
         raise DistillError("no audio to time", "check the suite's throughput task")
+    load_before = load_average()
     for _ in range(warmup):
         asr.transcribe([it["audio"] for it in timed[:batch_size]], language=language)
     _, timings = transcribe(asr, timed, batch_size, language, desc="asr throughput")
@@ -178,7 +192,7 @@ def measure_asr(asr, items: list[dict], batch_size: int, warmup: int, n: int, la
     compute_s = sum(c for _, c, _ in timings)
     latencies = [c for _, c, b in timings for _ in range(b)]
     cond = conditions(asr, batch_size, warmup, len(timed))
-    cond["audio_seconds"] = round(audio_s, 3)
+    cond.update(audio_seconds=round(audio_s, 3), load_avg_before=load_before, load_avg_after=load_average())
     return [
         {"kind": "asr_rtfx", "value": rtfx(audio_s, compute_s), "unit": "x realtime", "conditions": cond},
         {"kind": "asr_latency_p50_s", "value": percentile(latencies, 50), "unit": "s", "conditions": cond},
