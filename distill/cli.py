@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except DistillError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_code", EXIT_USAGE)  # a failed parity gate: 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

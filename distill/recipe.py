@@ -356,23 +356,85 @@ class PruneStage(InputStage):
         return self
 
 
+class GateSpec(Spec):
+    """Parity gate: the stage scores its input and its output on the same held-out items with the
+    evaluation harness and fails the recipe when the output is worse by more than `tolerance`."""
+
+    task: str = Field(description="evaluation task (eval/tasks), e.g. asterisk-en, mmlu-mini-0shot, "
+                      "text-en-ppl; its modality must match the model's")
+    metric: str | None = Field(None, description="one of the task's metrics (default: its first: "
+                               "wer, acc or perplexity)")
+    tolerance: float = Field(ge=0, description="largest allowed drift towards worse: percentage "
+                             "points for wer/cer/acc, the metric's units otherwise (unit: abs), or "
+                             "percent of the input's value (unit: rel)")
+    unit: Literal["abs", "rel"] = Field("abs", description="abs = absolute drift, rel = percent of "
+                                        "the input's value")
+    limit: int = Field(50, gt=0, description="held-out items scored (spread over the task)")
+
+
+class CalibrationSpec(Spec):
+    """Representative inputs for static INT8 activation ranges and GPTQ (not the gate's items)."""
+
+    MIN_ITEMS: ClassVar[int] = 8  # fewer gives activation ranges driven by one or two outliers
+
+    source: str = Field(description="asset:tts-en / a speech .jsonl (Whisper) or asset:text-en / a text "
+                        "file (causal LMs)")
+    split: str = Field("train", description="dataset split (keep it apart from the gate's test items)")
+    n: int = Field(32, gt=0, description=f"calibration items (at least {MIN_ITEMS})")
+    seq_len: int = Field(128, gt=1, description="tokens per calibration block (text)")
+
+    @field_validator("n")
+    @classmethod
+    def _enough(cls, value: int) -> int:
+        if value < cls.MIN_ITEMS:
+            raise ValueError(f"calibration set too small: {value} items, at least {cls.MIN_ITEMS} needed")
+        return value
+
+
 class QuantizeStage(InputStage):
     kind: Literal["quantize"]
     runner: ClassVar[str] = "distill.stages.quantize:run"
     method: Literal["bnb-int8", "bnb-nf4", "torch-dynamic-int8"] = Field(
         "bnb-int8",
         description="bnb-int8 (LLM.int8), bnb-nf4 (4-bit NormalFloat), torch-dynamic-int8 "
-        "(torch.ao dynamic INT8 Linear); ONNX Runtime INT8 is `kind: export, quantize: int8-dynamic`",
+        "(torch.ao dynamic INT8 Linear); ONNX Runtime INT8/INT4 is `kind: export` with `quantize:`",
     )
+    gate: GateSpec | None = Field(None, description="fail the recipe when the output drifts from the input")
+
+
+ONNX_QUANT = ("none", "int8-dynamic", "int8-static", "int4")
 
 
 class ExportStage(InputStage):
     kind: Literal["export"]
     runner: ClassVar[str] = "distill.stages.export:run"
-    format: Literal["onnx"] = Field("onnx", description="export format (optimum-onnx)")
-    quantize: Literal["none", "int8-dynamic"] = Field(
-        "none", description="ONNX Runtime dynamic INT8 of the exported graph (weights ~4x smaller)"
-    )
+    format: Literal["onnx"] = Field(
+        "onnx", description="onnx = optimum-onnx graphs (Whisper: encoder + one merged decoder) for "
+        "ONNX Runtime")
+    optimize: bool = Field(True, description="ONNX Runtime offline graph optimisation (fusions, "
+                           "extended level: portable across CPUs) after quantization")
+    quantize: Literal[ONNX_QUANT] = Field(
+        "none", description="int8-dynamic = INT8 weights, activations quantized at run time; "
+        "int8-static = INT8 weights and activations, ranges from `calibration`; int4 = 4-bit "
+        "weight-only MatMulNBits (block-wise), activations fp32")
+    per_channel: bool = Field(True, description="INT8: one scale per output channel, not per tensor")
+    int4_method: Literal["rtn", "hqq", "gptq"] = Field(
+        "rtn", description="int4: rtn = round to nearest; hqq = half-quadratic (no data); "
+        "gptq = error-compensating, needs `calibration` (causal LMs only)")
+    block_size: int = Field(32, ge=16, le=256, description="int4: weights per scale (power of 2; "
+                            "smaller = more accurate, larger file)")
+    calibration: CalibrationSpec | None = Field(None, description="data for int8-static and int4 gptq")
+    gate: GateSpec | None = Field(None, description="fail the recipe when the output drifts from the input")
+
+    @model_validator(mode="after")
+    def _quant_rules(self) -> ExportStage:
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of 2 (16, 32, 64, 128), got {self.block_size}")
+        needs = self.quantize == "int8-static" or (self.quantize == "int4" and self.int4_method == "gptq")
+        if needs and self.calibration is None:
+            what = "int8-static" if self.quantize == "int8-static" else "int4 gptq"
+            raise ValueError(f"{what} needs `calibration:` (e.g. {{source: asset:tts-en, n: 32}})")
+        return self
 
 
 class SpeechData(Spec):
@@ -802,6 +864,9 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
         if student is not None and student.model is not None:
             check(student.model.source, f"{where}.student.model")
         earlier.append(stage_name(i, stage))
+    from distill import gate  # quantize/export inputs and parity gates (torch-free)
+
+    gate.check_recipe(r)
     return notes
 
 

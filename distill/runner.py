@@ -175,6 +175,9 @@ def run_stages(ctx: RunContext) -> None:
         if artifacts.is_complete(out):
             logger.info("stage %s already finished: %s", name, out)
             ctx.outputs[name] = artifacts.load(out)
+            from distill import gate  # a failed parity gate stops a resumed run again
+
+            gate.enforce(ctx.outputs[name].extra.get("gate"), out)
             continue
         logger.info("stage %d/%d: %s (%s)", index + 1, len(recipe.stages), name, stage.kind)
         # Stages see a fresh, stage-specific seed so a resumed run matches an uninterrupted one.

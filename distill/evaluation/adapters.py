@@ -334,32 +334,71 @@ def bnb_dtype(model) -> str:
 
 
 def load_torch_dynamic_quant(path: str, device: str = "cpu", manifest=None):
-    """fp32 weights on disk; torch.ao dynamic INT8 Linear applied at load (it is deterministic)."""
+    """torch.ao dynamic INT8 Linear. The quantize stage saves the quantized state dict
+    (`model.int8.pt`): the module tree is built from config.json, given the same dynamic-INT8
+    structure, then loaded (weights_only). Older artifacts hold fp32 weights quantized here."""
     import torch
 
     if device != "cpu":
         raise DistillError("torch dynamic quantization runs on CPU only", "use --device cpu")
-    inner = (_load_speech if is_speech(path) else load_hf_causal_lm)(path, "cpu")
-    inner.model = torch.ao.quantization.quantize_dynamic(inner.model, {torch.nn.Linear},
-                                                         dtype=torch.qint8)
+    packed = Path(path) / "model.int8.pt"
+    if packed.is_file():
+        from transformers import AutoConfig, AutoModelForCausalLM, WhisperForConditionalGeneration
+
+        config = AutoConfig.from_pretrained(path)
+        cls = WhisperForConditionalGeneration if config.model_type == "whisper" else AutoModelForCausalLM
+        model = cls.from_config(config) if cls is AutoModelForCausalLM else cls(config)
+        model = torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+        model.load_state_dict(torch.load(packed, weights_only=True))
+        if config.model_type == "whisper":
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(path)
+            inner = _whisper(model, path, "torch-dynamic-quant", "cpu")
+        else:
+            inner = CausalLM(model=model, tokenizer=_tokenizer(path), backend="torch-dynamic-quant",
+                             dtype="qint8-dynamic")
+    else:
+        inner = (_load_speech if is_speech(path) else load_hf_causal_lm)(path, "cpu")
+        inner.model = torch.ao.quantization.quantize_dynamic(inner.model, {torch.nn.Linear},
+                                                             dtype=torch.qint8)
     inner.backend, inner.dtype = "torch-dynamic-quant", "qint8-dynamic"
     return inner
 
 
+def onnx_dtype(path: str, manifest=None) -> str:
+    """What an ONNX artifact computes in, from its manifest (`extra.precision`, written by the
+    export stage); older exports are named by their file names."""
+    precision = ((getattr(manifest, "extra", None) or {}).get("precision")) or {}
+    if precision.get("dtype"):
+        return precision["dtype"]
+    quantized = any("quantized" in p.name or "int8" in p.name for p in Path(path).glob("*.onnx"))
+    q = ((getattr(manifest, "extra", None) or {}).get("quantization")) or {}
+    return "int8-dynamic" if quantized or q.get("method") == "ort-int8-dynamic" else "float32"
+
+
 def load_onnx(path: str, device: str = "cpu", manifest=None):
-    """optimum-onnx ORTModel: decoder-only LMs and Whisper-style speech seq2seq."""
+    """optimum-onnx ORTModel: decoder-only LMs and Whisper-style speech seq2seq. ORT gets as many
+    intra-op threads as torch has (the harness's --threads), so the two compare like for like."""
+    import onnxruntime as ort
+    import torch
+
     provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    dtype = onnx_dtype(path, manifest)
     if is_speech(path):
         from optimum.onnxruntime import ORTModelForSpeechSeq2Seq
 
-        model = ORTModelForSpeechSeq2Seq.from_pretrained(path, provider=provider)
-        return _whisper(model, path, "onnxruntime", device)
+        model = ORTModelForSpeechSeq2Seq.from_pretrained(path, provider=provider, session_options=options)
+        asr = _whisper(model, path, "onnxruntime", device)
+        asr.dtype = dtype
+        return asr
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    model = ORTModelForCausalLM.from_pretrained(path, provider=provider)
-    quantized = any("quantized" in p.name or "int8" in p.name for p in Path(path).glob("*.onnx"))
-    return CausalLM(model=model, tokenizer=_tokenizer(path), backend="onnxruntime",
-                    dtype="int8" if quantized else "float32", device=device)
+    model = ORTModelForCausalLM.from_pretrained(path, provider=provider, session_options=options)
+    return CausalLM(model=model, tokenizer=_tokenizer(path), backend="onnxruntime", dtype=dtype,
+                    device=device)
 
 
 ADAPTERS = {

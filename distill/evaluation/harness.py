@@ -157,3 +157,26 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     out = results.write(results_dir, record, samples)
     logger.info("wrote %s", out)
     return out
+
+
+def score_task(model: str, task: str, limit: int | None = None, *, device: str = "cpu",
+               batch_size: int = 8, manifest=None) -> dict:
+    """Score one model on one task's (spread) items with the same code as `evaluate`, without
+    writing a record: what a parity gate compares. `manifest`: the Artifact of a directory whose
+    manifest is not written yet (a stage gating its own output). Returns metrics, their
+    direction, n, backend and dtype (JSON-serialisable, so a gate can cache it)."""
+    spec = load_task(task)
+    ref = resolve_model(model)
+    if manifest is not None:
+        ref.adapter, ref.manifest = manifest.adapter, manifest
+    rows = limit_rows(task_rows(spec), limit, spec.name)
+    adapter = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
+    if adapter.modality != _RUNNERS[spec.type]:
+        raise DistillError(f"task '{task}' scores {_RUNNERS[spec.type]} models but '{model}' is an "
+                           f"{adapter.modality} model", "pick a task of its modality")
+    found, _, _ = _run_task(spec, adapter, rows, batch_size)
+    return {"task": spec.name, "task_version": spec.version, "n": found[0]["n"] if found else 0,
+            "metrics": {m["metric"]: m["value"] for m in found},
+            "higher_is_better": {m["metric"]: m["higher_is_better"] for m in found},
+            "metric_order": [m["metric"] for m in found], "backend": adapter.backend,
+            "dtype": adapter.dtype}

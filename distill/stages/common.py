@@ -40,6 +40,20 @@ def input_artifact(spec, ctx: RunContext) -> Artifact:
                     size_bytes=artifacts.dir_size(path))
 
 
+QUANTIZED_KINDS = ("bnb", "torch-dynamic-quant", "onnx", "ct2")
+
+
+def check_compressible(source: Artifact, action: str) -> None:
+    """An input that is already quantized or exported cannot be quantized/exported again."""
+    quant = (source.extra or {}).get("quantization") or {}
+    if source.kind in QUANTIZED_KINDS or quant:
+        what = quant.get("method") or source.kind
+        raise DistillError(f"cannot {action} '{source.artifact_id}': it is already quantized/exported "
+                           f"({what}); a second rounding would stack on weights that are no longer "
+                           "the model's", "point `model:` at the full-precision model it came from "
+                           "and give each format its own stage")
+
+
 def copy_preprocessing(src: Path, out: Path) -> None:
     """Processor (feature extractor + tokenizer) or tokenizer files travel with the weights."""
     from transformers import AutoProcessor, AutoTokenizer

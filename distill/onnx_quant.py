@@ -1,0 +1,303 @@
+"""ONNX Runtime quantization and graph optimisation of exported graphs, in place.
+
+- INT8 dynamic: weights INT8 per output channel, activations quantized per call (u8). Kernels
+  follow this CPU's best instruction set (AVX512-VNNI > AVX512 > AVX2, read from /proc/cpuinfo):
+  without VNNI, u8 x s8 products can saturate 16-bit accumulators, so AVX2 gets u8 weights.
+- INT8 static: activations quantized with ranges measured on calibration inputs (MinMax, QDQ).
+  Graphs holding `If` subgraphs (Whisper's merged decoder) cannot expose their inner tensors to the
+  calibrator; they get dynamic INT8 and the manifest says so per graph.
+- INT4: weight-only MatMulNBits, block-wise (RTN, HQQ, or GPTQ with calibration on single-graph
+  LMs); the embedding table becomes GatherBlockQuantized (RTN). `accuracy_level` 4 = the kernel
+  quantizes activations to INT8 per block (ORT's fast CPU path).
+A tied output head (Whisper: MatMul(x, Transpose(embedding))) is untied first so the head weight is
+an initializer the quantizers can reach; otherwise it stays fp32 and INT4 is barely smaller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from distill.errors import DistillError
+
+logger = logging.getLogger(__name__)
+
+INT4_ACCURACY_LEVEL = 4
+MERGED = "decoder_model_merged.onnx"
+
+
+def model_type(path) -> str | None:
+    cfg = Path(path) / "config.json"
+    return json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
+
+
+def isa() -> str:
+    """The best INT8 instruction set ORT's CPU kernels can use here."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "avx512_vnni" if "avx512_vnni" in flags else "avx_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "generic"
+
+
+def precision(spec) -> dict:
+    """What the exported graphs really compute in: the manifest's `precision`, the record's dtype."""
+    if spec.quantize == "none":
+        return {"dtype": "float32", "weights": "float32", "activations": "float32", "bits": 32}
+    if spec.quantize == "int4":
+        return {"dtype": f"int4-{spec.int4_method}-b{spec.block_size}", "bits": 4,
+                "weights": f"int4 block {spec.block_size} ({spec.int4_method})",
+                "activations": f"int8 per block inside MatMulNBits (accuracy_level {INT4_ACCURACY_LEVEL})"}
+    static = spec.quantize == "int8-static"
+    return {"dtype": spec.quantize, "bits": 8,
+            "weights": "int8 per-channel" if spec.per_channel else "int8 per-tensor",
+            "activations": "uint8 static ranges (calibrated)" if static else "uint8 dynamic (per call)"}
+
+
+# ------------------------------------------------------------------------------- calibration
+def calibration_inputs(spec, source) -> dict:
+    """Raw calibration data (audio or token blocks), checked for size before anything is written."""
+    cal = spec.calibration
+    if model_type(source.path) == "whisper":
+        from transformers import WhisperProcessor
+
+        from distill.speech import load_wave, read_utterances
+
+        utts = read_utterances(cal.source, cal.split, cal.n)
+        processor = WhisperProcessor.from_pretrained(source.path)
+        feats = []
+        for utt in utts:
+            try:
+                wave, _ = load_wave(utt.audio_path)
+            except Exception:  # noqa: BLE001 - an undecodable clip is just not used
+                continue
+            feats.append(processor.feature_extractor(wave, sampling_rate=16000,
+                                                     return_tensors="np").input_features)
+        data = {"input_features": feats}
+    else:
+        from transformers import AutoTokenizer
+
+        from distill.data import pack, read_texts, tokenize
+
+        tok = AutoTokenizer.from_pretrained(source.path)
+        ids = tokenize(read_texts(cal.source, cal.split), tok, cal.n * cal.seq_len)
+        blocks = pack(ids, cal.seq_len)[: cal.n]
+        data = {"input_ids": [b.numpy()[None, :].astype(np.int64) for b in blocks]}
+    got = len(next(iter(data.values())))
+    if got < cal.n:
+        raise DistillError(f"calibration set too small: '{cal.source}' (split {cal.split}) gave {got} "
+                           f"usable items, {cal.n} asked", "use a larger source/split or a smaller "
+                           "calibration.n (at least 8)")
+    return data
+
+
+def _feeds(graph: Path, data: dict) -> list[dict]:
+    """Session inputs for one graph from the calibration data (empty KV cache for LMs)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    feeds = []
+    if "input_features" in inputs:
+        return [{"input_features": f.astype(np.float32)} for f in data["input_features"]]
+    for ids in data["input_ids"]:
+        length = ids.shape[1]
+        feed = {"input_ids": ids}
+        if "attention_mask" in inputs:
+            feed["attention_mask"] = np.ones_like(ids)
+        if "position_ids" in inputs:
+            feed["position_ids"] = np.arange(length, dtype=np.int64)[None, :]
+        for name, meta in inputs.items():
+            if name.startswith("past_key_values"):
+                shape = [1, *(d if isinstance(d, int) else 0 for d in meta.shape[1:])]
+                feed[name] = np.zeros(shape, dtype=np.float32)
+        feeds.append(feed)
+    return feeds
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a list of feeds (re-iterable for GPTQ's deepcopy)."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.pos = feeds, 0
+
+    def get_next(self):
+        if self.pos >= len(self.feeds):
+            return None
+        self.pos += 1
+        return self.feeds[self.pos - 1]
+
+    def rewind(self):
+        self.pos = 0
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+
+# ------------------------------------------------------------------------------ graph surgery
+def _has_subgraphs(model) -> bool:
+    import onnx
+
+    return any(a.type == onnx.AttributeProto.GRAPH for n in model.graph.node for a in n.attribute)
+
+
+def _walk(graph):
+    import onnx
+
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _walk(attr.g)
+
+
+def untie_head(model) -> list[str]:
+    """Replace every Transpose(initializer) by a transposed initializer (the tied output head), so
+    the MatMul that reads it can be quantized. Returns the new initializer names."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    made = []
+    for graph in _walk(model.graph):
+        keep = []
+        for node in graph.node:
+            src = node.input[0] if node.op_type == "Transpose" and node.input else None
+            if src in inits:
+                out = node.output[0]
+                if out not in made:
+                    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+                    arr = np.transpose(numpy_helper.to_array(inits[src]), perm)
+                    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), out))
+                    made.append(out)
+                continue  # the node is gone: its output is now an initializer of the outer graph
+            keep.append(node)
+        del graph.node[:]
+        graph.node.extend(keep)
+    return made
+
+
+def op_counts(model) -> dict[str, int]:
+    counts: Counter = Counter()
+    for graph in _walk(model.graph):
+        counts.update(n.op_type for n in graph.node)
+    return dict(counts)
+
+
+# ------------------------------------------------------------------------------ quantization
+def _int8_dynamic(src: str, dst: str, per_channel: bool, chip: str) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weight = QuantType.QUInt8 if chip == "avx2" else QuantType.QInt8
+    quantize_dynamic(src, dst, per_channel=per_channel, reduce_range=False, weight_type=weight,
+                     extra_options={"EnableSubgraph": True})
+
+
+def _int8_static(src: str, dst: str, per_channel: bool, feeds: list[dict]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(src, dst, _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def _int4(model, spec, feeds: list[dict] | None):
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        GPTQWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    if spec.int4_method == "rtn":
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=spec.block_size, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL,
+            op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+    elif spec.int4_method == "hqq":
+        config = HQQWeightOnlyQuantConfig(block_size=spec.block_size, bits=4)
+    else:
+        config = GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(feeds),
+                                           block_size=spec.block_size)
+    quantizer = MatMulNBitsQuantizer(model, block_size=spec.block_size, is_symmetric=True,
+                                     accuracy_level=INT4_ACCURACY_LEVEL, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model
+
+
+def quantize(out: Path, graphs: list[str], spec, calibration: dict | None) -> dict:
+    """Quantize each graph of `out` in place; returns what was done, per graph."""
+    import onnx
+
+    chip = isa()
+    done: dict = {"method": spec.quantize, "graphs": {}}
+    if spec.quantize.startswith("int8"):
+        done.update(per_channel=spec.per_channel, isa=chip,
+                    weight_type="uint8" if chip == "avx2" else "int8")
+    else:
+        done.update(block_size=spec.block_size, algorithm=spec.int4_method,
+                    accuracy_level=INT4_ACCURACY_LEVEL)
+    for name in graphs:
+        path = out / name
+        model = onnx.load(str(path))
+        if _has_subgraphs(model) and spec.int4_method == "gptq" and spec.quantize == "int4":
+            raise DistillError(f"int4 gptq cannot quantize '{name}' (a merged decoder with If "
+                               "subgraphs)", "use int4_method: rtn or hqq for Whisper")
+        untied = untie_head(model)
+        tmp = path.with_name(f".{name}.tmp")
+        how = spec.quantize
+        if spec.quantize == "int4":
+            feeds = _feeds(path, calibration) if spec.int4_method == "gptq" else None
+            onnx.save(_int4(model, spec, feeds), str(tmp))
+        else:
+            onnx.save(model, str(tmp))  # untied fp32 input for the INT8 quantizers
+            if spec.quantize == "int8-static" and not _has_subgraphs(model):
+                _int8_static(str(tmp), str(path), spec.per_channel, _feeds(tmp, calibration))
+            else:
+                if spec.quantize == "int8-static":
+                    how = "int8-dynamic (If subgraphs: static calibration cannot observe them)"
+                _int8_dynamic(str(tmp), str(path), spec.per_channel, chip)
+        if tmp.exists() and spec.quantize == "int4":
+            tmp.replace(path)
+        tmp.unlink(missing_ok=True)
+        for leftover in path.parent.glob(f"{name}_data"):
+            leftover.unlink()
+        done["graphs"][name] = {"method": how, "untied": untied, "bytes": path.stat().st_size}
+        logger.info("quantized %s: %s, %.1f MB", name, how, path.stat().st_size / 1e6)
+    return done
+
+
+def optimize(out: Path, graphs: list[str]) -> dict:
+    """ONNX Runtime offline graph optimisation at the extended level (fusions such as
+    LayerNormalization, Gelu/BiasGelu, MatMul+Add, SkipLayerNorm; no hardware-specific layouts, so
+    the saved graph stays portable across CPUs), saved in place."""
+    import onnx
+    import onnxruntime as ort
+
+    report = {"level": "ORT_ENABLE_EXTENDED", "graphs": {}}
+    for name in graphs:
+        path = out / name
+        before = op_counts(onnx.load(str(path), load_external_data=False))
+        tmp = path.with_name(f".{name}.opt")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp)
+        # Folding Transpose(embedding) would store a second fp32 copy of a tied head on disk.
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=["ConstantFolding"])
+        after = op_counts(onnx.load(str(tmp), load_external_data=False))
+        tmp.replace(path)
+        fused = {op: n for op, n in after.items() if n > before.get(op, 0)}
+        report["graphs"][name] = {"nodes_before": sum(before.values()), "nodes_after": sum(after.values()),
+                                  "new_ops": fused}
+        logger.info("optimised %s: %d -> %d nodes, new %s", name, sum(before.values()),
+                    sum(after.values()), fused)
+    return report
