@@ -37,8 +37,6 @@ LANGUAGES = {
     "fi": "Finnish", "pl": "Polish", "cs": "Czech", "fil": "Filipino", "tl": "Filipino",
     "fa": "Persian", "el": "Greek", "ro": "Romanian", "hu": "Hungarian", "mk": "Macedonian",
 }
-# Scripts written without word spaces: their transcripts are compared by characters (CER).
-CHARACTER_LANGUAGES = {"zh", "yue", "ja", "th"}
 # Qwen3-ASR's tokenizer = the Qwen3 one plus these; `<asr_text>` is not special, so it survives
 # skip_special_tokens and the package's parser can split "language X<asr_text>text" on it.
 AUDIO_TOKENS = {"audio_token": "<|audio_pad|>", "audio_bos_token": "<|audio_start|>",
@@ -101,6 +99,34 @@ def text_vocab(config: dict) -> int | None:
     """Decoder vocabulary size from a Qwen3-ASR config dict (151,936 for the released models)."""
     text = (config.get("thinker_config") or {}).get("text_config") or {}
     return text.get("vocab_size")
+
+
+def _ref_config(ref) -> dict | None:
+    if ref is None:
+        return None
+    return ref.config if ref.config is not None else source_config(ref.source)
+
+
+def check_pair(teacher, student) -> None:
+    """Recipe check (no torch, no weights): the package is installed, both models are Qwen3-ASR
+    where their configs are readable, and their vocabularies agree (logit KD compares ids)."""
+    require_package()
+    configs = {}
+    for who, ref in (("teacher", teacher), ("student", student)):
+        cfg = _ref_config(ref)
+        if cfg is None:
+            continue
+        if cfg.get("model_type") != "qwen3_asr":
+            name = ref.source or "inline config"
+            raise DistillError(f"{who} '{name}' is a {cfg.get('model_type')} model but distill-qwen3-asr "
+                               "distils Qwen3-ASR into Qwen3-ASR: the families differ",
+                               "use Qwen3-ASR teacher and student (Whisper pairs: kind distill-asr)")
+        configs[who] = cfg
+    vocabs = {who: text_vocab(cfg) for who, cfg in configs.items()}
+    if len(vocabs) == 2 and None not in vocabs.values() and vocabs["teacher"] != vocabs["student"]:
+        raise DistillError(f"student vocab {vocabs['student']} != teacher vocab {vocabs['teacher']}: "
+                           "token ids would not mean the same text", "give the student the teacher's "
+                           "vocab_size (Qwen3-ASR 1.7B and 0.6B both use 151,936)")
 
 
 def check_dir(path: str) -> None:
@@ -171,12 +197,15 @@ def build_model(config: dict, processor, seed: int, dtype: str = "float32"):
     text vocabulary default to the processor's tokenizer."""
     import torch
 
+    import copy
+
     tb = _classes()
-    cfg = {k: v for k, v in config.items() if k != "model_type"}
+    cfg = {k: v for k, v in copy.deepcopy(config).items() if k != "model_type"}
     tok = processor.tokenizer
-    cfg.setdefault("audio_token_id", tok.convert_tokens_to_ids(AUDIO_TOKENS["audio_token"]))
-    cfg.setdefault("audio_start_token_id", tok.convert_tokens_to_ids(AUDIO_TOKENS["audio_bos_token"]))
-    text = cfg.setdefault("thinker_config", {}).setdefault("text_config", {})
+    thinker = cfg.setdefault("thinker_config", {})
+    thinker.setdefault("audio_token_id", tok.convert_tokens_to_ids(AUDIO_TOKENS["audio_token"]))
+    thinker.setdefault("audio_start_token_id", tok.convert_tokens_to_ids(AUDIO_TOKENS["audio_bos_token"]))
+    text = thinker.setdefault("text_config", {})
     text.setdefault("vocab_size", len(tok))
     if text["vocab_size"] < len(tok):
         raise DistillError(f"config vocab_size {text['vocab_size']} < the tokenizer's {len(tok)} tokens",
@@ -323,14 +352,22 @@ class Qwen3ASR:
 
 
 # ------------------------------------------------------------------------ forward for losses
-def audio_embeddings(thinker, features: list):
-    """features: B tensors [128, T_b] -> [sum of audio tokens, decoder width], utterance by
-    utterance as the package does (its encoder does not batch, to keep precision)."""
+def audio_embeddings(thinker, features: list, encoder_states: bool = False):
+    """features: B tensors [128, T_b] -> ([sum of audio tokens, decoder width], the encoder's last
+    layer output [sum of audio tokens, d_model] after its norm, or None), utterance by utterance as
+    the package does (its encoder does not batch, to keep precision)."""
     import torch
 
-    out = [thinker.audio_tower(f, feature_lens=torch.tensor([f.shape[-1]], device=f.device)).last_hidden_state
-           for f in features]
-    return torch.cat(out)
+    tower = thinker.audio_tower
+    seen: list = []
+    hook = tower.ln_post.register_forward_hook(lambda m, i, o: seen.append(o)) if encoder_states else None
+    try:
+        out = [tower(f, feature_lens=torch.tensor([f.shape[-1]], device=f.device)).last_hidden_state
+               for f in features]
+    finally:
+        if hook is not None:
+            hook.remove()
+    return torch.cat(out), (torch.cat(seen) if encoder_states else None)
 
 
 def thinker_states(thinker, input_ids, attention_mask, audio_embeds, hidden: bool = False):

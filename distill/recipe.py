@@ -525,8 +525,76 @@ class AsrDistillStage(StageBase):
         return self
 
 
+class HiddenKdSpec(Spec):
+    """Hidden-state KD for speech-LLMs: student widths are mapped to the teacher's by learned
+    linear projections (1.7B -> 0.6B: encoder 896 -> 1024, decoder 1024 -> 2048), trained with the
+    student and dropped after training."""
+
+    encoder: bool = Field(False, description="match the audio encoder's last layer output (after its norm)")
+    decoder_layers: list[int] | None = Field(
+        None, description="student decoder layers whose outputs are matched, each to the evenly "
+        "spaced teacher layer (e.g. [6, 13, 20, 27]); null = none"
+    )
+
+
+class Qwen3AsrDistillStage(StageBase):
+    """Speech-LLM distillation: Qwen3-ASR teacher -> Qwen3-ASR student (audio encoder + decoder)."""
+
+    kind: Literal["distill-qwen3-asr"]
+    runner: ClassVar[str] = "distill.stages.distill_qwen3_asr:run"
+    teacher: ModelRef = Field(description="Qwen3-ASR weights (hub id, directory, asset), or a config "
+                              "(.json file / inline) for random-weight twins and real-shape smokes")
+    student: StudentSpec = Field(
+        description="init config = random weights from `model` (e.g. the 0.6B shape); layer_map = "
+        "the teacher with evenly spaced decoder layers (same widths); model = a checkpoint "
+        "(e.g. Qwen/Qwen3-ASR-0.6B)"
+    )
+    data: SpeechData = Field(description="training utterances with reference transcripts")
+    language: str = Field("en", description="language forced in the prompt (code or name, e.g. en, zh)")
+    context: str = Field("", description="system-turn text context used for labels and training")
+    pseudo_label: bool = Field(True, description="train on the teacher's greedy transcripts")
+    wer_filter: float | None = Field(
+        0.2, ge=0, description="drop utterances whose pseudo-label WER (CER for zh/yue/ja/th) vs the "
+        "reference exceeds this (None = keep all)"
+    )
+    max_new_tokens: int = Field(256, gt=0, description="pseudo-label decode bound per utterance")
+    label_batch_size: int = Field(8, gt=0, description="teacher batch while pseudo-labelling")
+    labels_dir: str | None = Field(
+        None, description="pseudo-label cache (default <run>/pseudo_labels/<stage>); resumable, and "
+        "refused when written by another teacher or prompt"
+    )
+    freeze_encoder: bool = Field(
+        False, description="keep the student's audio encoder fixed: its outputs are computed once"
+    )
+    hidden: HiddenKdSpec = Field(default_factory=HiddenKdSpec, description="hidden states matched "
+                                 "when loss.hidden_weight > 0")
+    loss: LossSpec = Field(
+        default_factory=lambda: LossSpec(kind="forward_kl", temperature=2.0, kd_weight=1.0, ce_weight=0.8),
+        description="KD(T) * T^2 + CE on the transcript tokens (+ hidden_weight * hidden-state MSE)",
+    )
+    train: TrainSpec = Field(default_factory=TrainSpec, description="optimisation settings")
+
+    @model_validator(mode="after")
+    def _qwen3_asr_rules(self) -> Qwen3AsrDistillStage:
+        from distill import qwen3_asr
+
+        if self.student.init == "moe_merge":
+            raise ValueError("student init moe_merge is for MoE LMs: use config, layer_map or model")
+        qwen3_asr.language_name(self.language)  # DistillError names the supported languages
+        wants_hidden = self.hidden.encoder or bool(self.hidden.decoder_layers)
+        if bool(self.loss.hidden_weight) != wants_hidden:
+            raise ValueError("loss.hidden_weight > 0 and hidden.encoder / hidden.decoder_layers go "
+                             "together: set both or neither")
+        if self.hidden.encoder and self.freeze_encoder:
+            raise ValueError("hidden.encoder trains the student's encoder, but freeze_encoder is true")
+        if self.loss.top_k is not None:
+            raise ValueError("loss.top_k (cached sparse KD) is not used here: the teacher runs online")
+        qwen3_asr.check_pair(self.teacher, self.student.model)
+        return self
+
+
 STAGE_CLASSES = (DistillStage, AsrDistillStage, TrainStage, LoraStage, PruneStage, QuantizeStage,
-                 ExportStage)
+                 ExportStage, Qwen3AsrDistillStage)
 Stage = Annotated[Union[STAGE_CLASSES], Field(discriminator="kind")]
 STAGE_BY_KIND: dict[str, type[BaseModel]] = {
     cls.model_fields["kind"].annotation.__args__[0]: cls for cls in STAGE_CLASSES
