@@ -22,7 +22,7 @@ examples:
   distill run --resume runs/<run_id>                finish an interrupted run
   distill plan recipes/moe/qwen3-30b-a3b-to-1.7b.yaml  memory estimate before a run
   distill eval asset:whisper-base --suite asr-en    evaluate any model or artifact
-  distill report                                    rebuild results/README.md from the records
+  distill report                                    rebuild results/README.md + index.html from the records
   distill assets install --all                      fetch and convert the offline models and data
   distill ls                                        stage kinds, losses, suites, assets
 """
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--threads", type=int)
 
-    rep = sub.add_parser("report", help="regenerate results/README.md and plots from the records")
+    rep = sub.add_parser("report", help="regenerate results/README.md, index.html and plots from the records")
     rep.add_argument("--results-dir", default="results", type=Path)
 
     assets = sub.add_parser("assets", help="offline models and data: list, install, verify, path")
@@ -131,7 +131,8 @@ def _eval(args) -> int:
 def _report(args) -> int:
     from distill.evaluation.report import write_report
 
-    print(f"report written: {write_report(args.results_dir)}")
+    readme = write_report(args.results_dir)
+    print(f"report written: {readme.with_name('index.html')} (open in a browser) and {readme}")
     return 0
 
 
