@@ -97,10 +97,46 @@ def load(path: Path) -> Artifact:
             f"'{path}' has no {MANIFEST}: it is not an artifact, or its stage did not finish",
             "point at a finished stage directory, or finish the run with `distill run --resume`",
         )
-    with open(path / MANIFEST) as f:
-        data = json.load(f)
-    known = {k for k in Artifact.__dataclass_fields__ if k != "path"}
-    return Artifact(path=path, **{k: v for k, v in data.items() if k in known})
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+        known = {k for k in Artifact.__dataclass_fields__ if k != "path"}
+        return Artifact(path=path, **{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # valid JSON, not a manifest
+        raise DistillError(f"'{path / MANIFEST}' is damaged ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:120]})",
+                           "re-create the artifact (distill run --resume after deleting the manifest), "
+                           "or restore the file") from None
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a .safetensors file cannot be loaded (empty, truncated, not safetensors), or None.
+
+    Reads the header only: 8-byte little-endian length, JSON of tensor offsets; the data must end
+    exactly where the last tensor does. Catches a copy cut short before any loader sees it."""
+    import struct
+
+    file = Path(file)
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "empty" if size == 0 else f"only {size} bytes"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100 << 20:
+                return "not a safetensors file (bad header length)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"not a safetensors file ({type(exc).__name__})"
+    if not isinstance(header, dict):
+        return "not a safetensors file (header is not a table)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "not a safetensors file (bad tensor table)"
+    if 8 + n + end != size:
+        return f"truncated or padded: {size} bytes on disk, the header describes {8 + n + end}"
+    return None
 
 
 def prepare_dir(path: Path) -> Path:

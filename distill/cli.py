@@ -44,11 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", nargs="?", help="recipe YAML (omit with --resume)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run directory")
+    run.add_argument("--force", action="store_true",
+                     help="with --resume: continue although recipe.resolved.yaml was edited since the "
+                     "run started (recorded in provenance.json)")
 
     val = sub.add_parser("validate", help="check a recipe (fast; loads no model)")
     val.add_argument("recipe")
     val.add_argument("overrides", nargs="*", metavar="key=value")
     val.add_argument("--print", action="store_true", dest="print_", help="print the resolved recipe")
+    val.add_argument("--deep", action="store_true", help="also what `run` checks with transformers "
+                     "before writing anything: inline model configs built on the meta device, hub ids "
+                     "(imports torch: seconds, not milliseconds)")
 
     plan = sub.add_parser("plan", help="memory/parameter estimate for a recipe (no weights loaded)")
     plan.add_argument("recipe")
@@ -87,7 +93,8 @@ def _run(args) -> int:
 
     if args.resume and args.recipe:  # `run --resume DIR` parses fine; `run X --resume DIR` is ambiguous
         args.overrides = [args.recipe, *args.overrides]
-    result = runner.run(None if args.resume else args.recipe, args.overrides, resume=args.resume)
+    result = runner.run(None if args.resume else args.recipe, args.overrides, resume=args.resume,
+                        force=args.force)
     if result.rank:  # torchrun: rank 0 reports the run
         return 0
     print(f"run finished: {result.run_dir}")
@@ -104,6 +111,10 @@ def _validate(args) -> int:
     r = recipe.load(args.recipe, args.overrides)
     for note in recipe.check_references(r):
         print(f"note: {note}", file=sys.stderr)
+    if args.deep:
+        from distill import checks
+
+        checks.deep(r)
     if args.print_:
         print(recipe.dump(r), end="")
     kinds = " -> ".join(recipe.stage_name(i, s) for i, s in enumerate(r.stages))

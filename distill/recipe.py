@@ -888,7 +888,7 @@ def sha256(recipe: Recipe) -> str:
 
 
 # ------------------------------------------------------------------------ reference checks
-def _looks_local(source: str) -> bool:
+def looks_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.endswith((".txt", ".jsonl", ".json")) \
         or source.count("/") > 1
 
@@ -897,7 +897,8 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
     """Fail early on references that cannot work; return notes about ones that may later.
 
     Errors: an unknown `asset:` id, a local path that does not exist, a `stage:` that is not an
-    earlier stage. Notes: a known asset that is not installed yet (`distill assets install`).
+    earlier stage, and everything `distill.checks.check` finds (output dir, stage code, data, eval
+    block, model configs vs the recipe). Notes: a known asset that is not installed yet.
     Runs before anything is written, and without torch, so `validate` catches these too. A
     missing path under `output_dir` (an earlier run's output) is only a note unless `strict`
     (as `distill run` calls it: by then it must exist).
@@ -915,7 +916,7 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
             if name not in earlier:
                 raise DistillError(f"{where}: '{source}' is not an earlier stage",
                                    f"earlier stages: {', '.join(earlier) or '(none)'}")
-        elif _looks_local(source) and not Path(source).expanduser().exists():
+        elif looks_local(source) and not Path(source).expanduser().exists():
             if not strict and Path(source).is_relative_to(r.output_dir):  # an earlier run's output
                 notes.append(f"{where}: '{source}' does not exist yet (output of an earlier run?)")
                 return
@@ -932,6 +933,9 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
         if student is not None and student.model is not None:
             check(student.model.source, f"{where}.student.model")
         earlier.append(stage_name(i, stage))
+    from distill import checks  # output dir, stage code, data, eval block, model configs (torch-free)
+
+    checks.check(r)
     from distill import gate  # quantize/export inputs and parity gates (torch-free)
 
     gate.check_recipe(r)

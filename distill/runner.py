@@ -9,7 +9,11 @@ runs/<run_id>/
   results/               evaluation records, when the recipe has an `eval` block
 
 A stage whose artifact has a manifest is finished and is skipped on `--resume`; anything else
-is redone, continuing from its latest checkpoint.
+is redone, continuing from its latest checkpoint. The whole recipe is checked before the run
+directory exists (`check_references` + `checks.deep`), so bad input never leaves a half run. A
+resume refuses a recipe edited since the start (its sha256 differs from provenance.json) unless
+forced, checks the checkpoints it will read, and trims metrics.jsonl to them, so redone steps are
+not logged twice.
 
 Under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) rank 0 owns the run directory: it creates
 it, writes every record, artifact, checkpoint and metric, runs the stages that do not train
@@ -19,15 +23,19 @@ read the resolved recipe, the checkpoints and earlier stages' artifacts that ran
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distill import artifacts, provenance
+from distill import artifacts, checks, provenance
 from distill import recipe as recipe_mod
 from distill.artifacts import Artifact
 from distill.context import Processes, RunContext, join_processes
@@ -56,17 +64,130 @@ def new_run_dir(recipe: Recipe, sha: str) -> tuple[str, Path]:
         n += 1
         run_id = f"{base}-{n}"
     run_dir = Path(recipe.output_dir) / run_id
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise DistillError(f"cannot create run directory '{run_dir}': {exc.strerror or exc}",
+                           "point output_dir at a writable directory") from None
     return run_id, run_dir
 
 
-def open_run(run_dir: str | Path) -> tuple[Recipe, Path]:
-    """The recipe of an existing run directory (for --resume)."""
+def open_run(run_dir: str | Path, force: bool = False) -> tuple[Recipe, Path, dict]:
+    """(recipe, run dir, provenance) of an existing run directory, for --resume.
+
+    An edited recipe.resolved.yaml is refused unless `force`: resuming would silently mix two
+    recipes in one run (steps or lr changed mid-run while the manifest records the new values).
+    With `force` the change is recorded in provenance.json (`recipe_changes`)."""
     run_dir = Path(run_dir)
     if not (run_dir / RESOLVED).is_file() or not (run_dir / PROVENANCE).is_file():
         raise DistillError(f"'{run_dir}' is not a run directory (no {RESOLVED} / {PROVENANCE})",
                            "pass a directory created by `distill run`, e.g. runs/<run_id>")
-    return recipe_mod.load(run_dir / RESOLVED), run_dir
+    try:
+        prov = json.loads((run_dir / PROVENANCE).read_text())
+        if not isinstance(prov, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise DistillError(f"'{run_dir / PROVENANCE}' is damaged ({str(exc).splitlines()[0][:100]})",
+                           "the run cannot be resumed as recorded: start a new run") from None
+    recipe = recipe_mod.load(run_dir / RESOLVED)
+    # The file's own hash, not the re-dumped recipe's: a field added to the schema since the start
+    # changes the dump (a new default) but is no edit. At the start the two are equal.
+    recorded, now = prov.get("recipe_sha256"), hashlib.sha256((run_dir / RESOLVED).read_bytes()).hexdigest()
+    if recorded != now:
+        if not force:
+            raise DistillError(f"'{run_dir / RESOLVED}' was edited after the run started (sha256 "
+                               f"{str(recorded)[:12]} recorded, {now[:12]} now)",
+                               "restore the recipe, start a new run with the edit, or resume with "
+                               "--force to continue under the edited recipe (recorded in provenance.json)")
+        logger.warning("resuming %s under an edited recipe (sha256 %s -> %s), as forced", run_dir,
+                       str(recorded)[:12], now[:12])
+        prov.setdefault("recipe_changes", []).append({"time": provenance.now(), "from": recorded, "to": now})
+        prov["recipe_sha256"] = now
+    return recipe, run_dir, prov
+
+
+def checkpoint_steps(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """(step, dir) of the finished checkpoints of a stage, oldest first (names: step-NNNNNNN)."""
+    out = []
+    for p in Path(ckpt_root).glob("step-*"):
+        if p.is_dir() and p.name.removeprefix("step-").isdigit():
+            out.append((int(p.name.removeprefix("step-")), p))
+    return sorted(out)
+
+
+def check_checkpoint(path: Path) -> None:
+    """A checkpoint a resume will read is complete and safe to load, or one DistillError.
+
+    Weights: safetensors headers vs file sizes. trainer.pt: loaded with weights_only=True (memory-
+    mapped), which refuses pickled code: a file that would run code is an error, never loaded."""
+    import torch
+
+    fix = (f"delete '{path}' to resume from the checkpoint before it (or from the stage start), or "
+           "start a new run")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DistillError(f"checkpoint '{path}' has no readable state.json", fix) from None
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise DistillError(f"checkpoint '{path}' holds no weights (*.safetensors)", fix)
+    for file in weights:
+        problem = artifacts.safetensors_problem(file)
+        if problem:
+            raise DistillError(f"checkpoint weights '{file}' are damaged: {problem}", fix)
+    trainer = path / "trainer.pt"
+    if trainer.exists():
+        if not zipfile.is_zipfile(trainer):  # torch.save writes a zip archive
+            raise DistillError(f"checkpoint '{trainer}' is damaged (not a torch checkpoint archive)", fix)
+        try:
+            torch.load(trainer, weights_only=True, mmap=True, map_location="cpu")
+        except pickle.UnpicklingError:
+            raise DistillError(f"checkpoint '{trainer}' was refused: it holds pickled objects or code, "
+                               "not plain tensors (read with weights_only=True, nothing was run)", fix) from None
+        except Exception as exc:  # noqa: BLE001 - unreadable for any other reason: same answer
+            first = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise DistillError(f"checkpoint '{trainer}' cannot be read ({type(exc).__name__}: {first})",
+                               fix) from None
+
+
+def prepare_resume(ctx: RunContext) -> None:
+    """Check the checkpoints unfinished stages will resume from, and trim metrics.jsonl to them."""
+    names = [recipe_mod.stage_name(i, s) for i, s in enumerate(ctx.recipe.stages)]
+    keep: dict[str, float] = {}
+    for name in names:
+        if artifacts.is_complete(ctx.run_artifact_dir(name)):
+            keep[name] = float("inf")
+            continue
+        steps = checkpoint_steps(ctx.checkpoint_dir(name))
+        if steps:
+            check_checkpoint(steps[-1][1])
+        keep[name] = steps[-1][0] if steps else 0
+    trim_metrics(ctx.run_dir / "metrics.jsonl", keep)
+
+
+def trim_metrics(path: Path, keep: dict[str, float]) -> int:
+    """Drop metric rows a resume will log again (steps after a stage's checkpoint) and a torn last
+    line from a kill; rows of stages not in `keep` (e.g. a teacher sub-stage) stay. -> rows dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            redone = row["step"] > keep.get(row["stage"], float("inf"))
+        except (ValueError, KeyError, TypeError):
+            redone = True
+        if redone:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+        logger.info("metrics.jsonl: dropped %d row(s) the resume will log again", dropped)
+    return dropped
 
 
 def pick_device(procs: Processes) -> str:
@@ -80,8 +201,7 @@ def pick_device(procs: Processes) -> str:
 def start_run(recipe_path: str | Path, overrides: list[str] | None) -> tuple[Recipe, Path, dict]:
     """Load + check the recipe, create its run directory, write the resolved recipe (rank 0)."""
     recipe = recipe_mod.load(recipe_path, overrides)
-    for note in recipe_mod.check_references(recipe, strict=True):
-        logger.warning(note)
+    check(recipe)
     sha = recipe_mod.sha256(recipe)
     run_id, run_dir = new_run_dir(recipe, sha)
     (run_dir / RESOLVED).write_text(recipe_mod.dump(recipe))
@@ -91,16 +211,28 @@ def start_run(recipe_path: str | Path, overrides: list[str] | None) -> tuple[Rec
     return recipe, run_dir, prov
 
 
+def check(recipe: Recipe) -> None:
+    """The whole recipe, before anything is written: references and torch-free checks, then the
+    checks that need transformers (inline configs built on the meta device, hub reachability)."""
+    for note in recipe_mod.check_references(recipe, strict=True):
+        logger.warning(note)
+    checks.deep(recipe)
+
+
 def run(recipe_path: str | Path | None = None, overrides: list[str] | None = None,
-        resume: str | Path | None = None) -> RunResult:
-    """Run a recipe end to end (or finish an interrupted run when `resume` is given)."""
+        resume: str | Path | None = None, force: bool = False) -> RunResult:
+    """Run a recipe end to end (or finish an interrupted run when `resume` is given; `force`
+    resumes under a recipe edited since the start)."""
     procs = join_processes()
+    if force and resume is None:
+        raise DistillError("--force only applies to --resume", "drop --force")
     if resume is not None:
         if overrides:
             raise DistillError("overrides cannot be combined with --resume",
                                "a resumed run keeps its recorded recipe; start a new run instead")
-        recipe, run_dir = open_run(resume)
-        prov = json.loads((run_dir / PROVENANCE).read_text())
+        recipe, run_dir, prov = open_run(resume, force=force)
+        if procs.is_main:
+            check(recipe)
         recorded = prov.get("world_size", 1)
         if recorded != procs.world_size:  # batch_size is per process: the global batch would change
             raise DistillError(f"run '{run_dir}' was started with {recorded} process(es), this resume has "
@@ -125,13 +257,17 @@ def run(recipe_path: str | Path | None = None, overrides: list[str] | None = Non
 
     device = pick_device(procs)
     provenance.seed_everything(recipe.seed)
+    scratch = None if procs.is_main else Path(tempfile.mkdtemp(prefix=f"distill-rank{procs.rank}-"))
+    ctx = RunContext(run_dir=run_dir, run_id=run_id, recipe=recipe, recipe_sha256=recipe_mod.sha256(recipe),
+                     device=device, procs=procs, scratch_dir=scratch)
+    if resume is not None:
+        if procs.is_main:  # before provenance records the resume: a damaged run stays as it was
+            prepare_resume(ctx)
+        procs.barrier()  # other ranks read the checkpoints rank 0 has just checked
     if procs.is_main:
         prov.update(versions=provenance.versions(), machine=provenance.machine(device),
                     world_size=procs.world_size)
         artifacts.write_json_atomic(run_dir / PROVENANCE, prov)
-    scratch = None if procs.is_main else Path(tempfile.mkdtemp(prefix=f"distill-rank{procs.rank}-"))
-    ctx = RunContext(run_dir=run_dir, run_id=run_id, recipe=recipe, recipe_sha256=recipe_mod.sha256(recipe),
-                     device=device, procs=procs, scratch_dir=scratch)
     logger.info("run %s -> %s (device %s, %d threads, rank %d of %d)", run_id, run_dir, device,
                 torch.get_num_threads(), procs.rank, procs.world_size)
     try:
@@ -182,7 +318,16 @@ def run_stages(ctx: RunContext) -> None:
         logger.info("stage %d/%d: %s (%s)", index + 1, len(recipe.stages), name, stage.kind)
         # Stages see a fresh, stage-specific seed so a resumed run matches an uninterrupted one.
         provenance.seed_everything(recipe.seed + index)
-        art = stages.get(stage.kind)(stage, ctx)
+        try:
+            art = stages.get(stage.kind)(stage, ctx)
+        except RuntimeError as exc:
+            # The one model-vs-checkpoint clash a user can cause: resuming (with --force) under a
+            # recipe whose model shapes changed. Anything else keeps its traceback.
+            if "loading state_dict" not in str(exc) and "size mismatch" not in str(exc):
+                raise
+            raise DistillError(f"stage {name}: its checkpoint does not fit the model the recipe builds "
+                               f"({str(exc).splitlines()[0][:160]})",
+                               "resume with the recipe the run started with, or start a new run") from None
         if procs.is_main:
             ctx.outputs[name] = art
         else:  # this rank's copy of the artifact; rank 0's is the one later stages read
@@ -212,9 +357,11 @@ def evaluate_run(ctx: RunContext) -> list[Path]:
     records = []
     ordered = sorted(targets, key=lambda t: t[0] != spec.baseline)  # baseline first
     for name, path in ordered:
-        logger.info("evaluating %s on suite %s", name, spec.suite)
-        record = evaluate(path, spec.suite, limit=spec.limit, results_dir=results_dir,
-                          baseline=str(baseline_record) if baseline_record and name != spec.baseline else None)
+        for suite in [spec.suite, *spec.more_suites]:
+            logger.info("evaluating %s on suite %s", name, suite)
+            record = evaluate(path, suite, limit=spec.limit, results_dir=results_dir,
+                              baseline=str(baseline_record) if baseline_record and name != spec.baseline
+                              else None)
         if name == spec.baseline:
             baseline_record = record
         records.append(record)
