@@ -197,6 +197,11 @@ def plan(recipe_path: str, overrides: list[str]) -> str:
             out.append(f"\nstage {name} (train): {m.config.model_type} {m.params / 1e6:.1f}M params "
                        f"({m.active_params / 1e6:.1f}M active/token), {m.layers} layers")
             dirs[name] = cfg
+        elif stage.kind == "distill-qwen3-asr":
+            from distill import plan_asr
+
+            out.extend(plan_asr.stage_lines(stage, name, dirs, device_gib, DEVICE_COUNTS,
+                                            None if cuda else plan_asr.available_gib()))
         else:
             out.append(f"\nstage {name} ({stage.kind}): not planned (no training memory to estimate)")
     return "\n".join(out)

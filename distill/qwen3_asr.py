@@ -142,7 +142,8 @@ def check_dir(path: str) -> None:
 
 
 # ------------------------------------------------------------------------------ load / build
-def _classes():
+def classes():
+    """The package's transformers classes (importing it registers qwen3_asr with the Auto classes)."""
     require_package()
     import qwen_asr  # noqa: F401 - registers qwen3_asr with transformers' Auto classes
     from qwen_asr.core import transformers_backend
@@ -157,7 +158,7 @@ def build_processor(tokenizer):
     from tokenizers import AddedToken
     from transformers import WhisperFeatureExtractor
 
-    tb = _classes()
+    tb = classes()
     tokenizer.add_special_tokens({"additional_special_tokens": list(AUDIO_TOKENS.values())},
                                  replace_additional_special_tokens=False)
     tokenizer.add_tokens([AddedToken("<asr_text>", special=False, normalized=False)])
@@ -199,7 +200,7 @@ def build_model(config: dict, processor, seed: int, dtype: str = "float32"):
 
     import copy
 
-    tb = _classes()
+    tb = classes()
     cfg = {k: v for k, v in copy.deepcopy(config).items() if k != "model_type"}
     tok = processor.tokenizer
     thinker = cfg.setdefault("thinker_config", {})
@@ -211,9 +212,9 @@ def build_model(config: dict, processor, seed: int, dtype: str = "float32"):
         raise DistillError(f"config vocab_size {text['vocab_size']} < the tokenizer's {len(tok)} tokens",
                            "raise thinker_config.text_config.vocab_size")
     torch.manual_seed(seed)
-    with torch.device("cpu"):
-        model = tb.Qwen3ASRForConditionalGeneration(tb.Qwen3ASRConfig(**cfg))
-    return model.to(_torch_dtype(dtype)).eval()
+    # Built in its dtype (a 2B-parameter bf16 teacher never exists in fp32 first).
+    model = tb.Qwen3ASRForConditionalGeneration._from_config(tb.Qwen3ASRConfig(**cfg), dtype=_torch_dtype(dtype))
+    return model.eval()
 
 
 def _torch_dtype(name: str):
@@ -228,7 +229,7 @@ def load_model(path: str, device: str = "cpu", dtype: str = "float32", quantizat
     `quantization_config` or the saved config), which need fp32 (their convs load as fp16) and are
     placed at load time."""
     check_dir(path)
-    tb = _classes()
+    tb = classes()
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
     quantized = quantized or quantization_config is not None
     if quantization_config is not None:
@@ -398,7 +399,7 @@ def layer_map_student(teacher, layers: list[int]):
     """Student = the teacher with only decoder `layers` (encoder, embeddings, head copied)."""
     import copy
 
-    tb = _classes()
+    tb = classes()
     config = copy.deepcopy(teacher.config)
     config.thinker_config.text_config.num_hidden_layers = len(layers)
     student = tb.Qwen3ASRForConditionalGeneration(config).to(next(teacher.parameters()).dtype)

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 def init_student(spec: Qwen3AsrDistillStage, teacher, processor, ctx: RunContext):
-    """(student in fp32, its processor, init facts) per `student.init`."""
+    """(student in its dtype: fp32 unless student.model.dtype says otherwise, its processor, init
+    facts) per `student.init`. A config-built student uses the teacher's processor."""
     init = spec.student.init
     if init == "layer_map":
         layers = students.resolve_layers(spec.student, q3.num_decoder_layers(teacher))
@@ -43,7 +44,7 @@ def init_student(spec: Qwen3AsrDistillStage, teacher, processor, ctx: RunContext
     if init == "model" and len(s_proc.tokenizer) != len(processor.tokenizer):
         raise DistillError(f"student tokenizer has {len(s_proc.tokenizer)} tokens, the teacher's "
                            f"{len(processor.tokenizer)}", "use a student from the same Qwen3-ASR family")
-    return student.float(), s_proc, {"init": init}
+    return student.to(getattr(torch, ref.dtype)), s_proc, {"init": init, "dtype": ref.dtype}
 
 
 def encode(processor, audio, prompt: str, text: str) -> dict:
