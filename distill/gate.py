@@ -72,15 +72,8 @@ def _dir_info(path: Path) -> ModelInfo:
 def _source_info(source: str, outputs: dict[str, ModelInfo]) -> ModelInfo:
     if source.startswith("stage:"):
         return outputs.get(source.removeprefix("stage:"), ModelInfo())
-    if source.startswith("asset:"):
-        try:
-            from distill.assets import asset_path
-
-            return _dir_info(Path(asset_path(source.removeprefix("asset:"))))
-        except (DistillError, ImportError):  # not installed yet: check_references notes it
-            return ModelInfo()
-    path = Path(source).expanduser()
-    return _dir_info(path) if path.is_dir() else ModelInfo()
+    path = _source_path(source)  # None: an asset not installed yet (check_references notes it)
+    return _dir_info(path) if path is not None else ModelInfo()
 
 
 def _ref_info(ref, outputs: dict[str, ModelInfo]) -> ModelInfo:
@@ -123,12 +116,16 @@ def stage_inputs(recipe) -> list[ModelInfo]:
     return infos
 
 
-def check_recipe(recipe) -> None:
-    """Bad compression input fails here, before a run directory exists (DistillError, exit 2)."""
+def check_recipe(recipe, strict: bool = False) -> None:
+    """Bad compression input fails here, before a run directory exists (DistillError, exit 2).
+    `strict` (the start of `distill run`) also reads the calibration data against its model's
+    tokenizer/processor, which needs transformers."""
     for i, (stage, given) in enumerate(zip(recipe.stages, stage_inputs(recipe))):
         where = f"stages.{i} ({stage.kind})"
         if stage.kind in ("quantize", "export"):
             check_input(where, stage, given)
+        if strict and getattr(stage, "calibration", None) is not None and stage.kind == "export":
+            check_calibration(where, stage)
         if stage.kind == "distill-asr":  # student levers vs the teacher's config.json
             from distill.speech import check_student_levers
 
@@ -149,6 +146,36 @@ def check_input(where: str, stage, given: ModelInfo) -> None:
                            f"{ONNX_EXPORTABLE[given.model_type]}",
                            "compress it with `kind: quantize` (method bnb-int8, bnb-nf4 or "
                            "torch-dynamic-int8), which loads Qwen3-ASR through its own classes")
+
+
+def check_calibration(where: str, stage) -> None:
+    """Enough calibration items for an export whose input exists now (an earlier stage's output
+    does not yet: the stage checks it first thing, before writing)."""
+    from types import SimpleNamespace
+
+    from distill.onnx_quant import calibration_inputs
+
+    ref = stage.model
+    if ref is None or ref.source is None or ref.source.startswith("stage:"):
+        return
+    path = _source_path(ref.source)
+    if path is not None and (path / "config.json").is_file():
+        try:
+            calibration_inputs(stage, SimpleNamespace(path=path))
+        except DistillError as exc:
+            raise DistillError(f"{where}: {exc.problem}", exc.fix) from None
+
+
+def _source_path(source: str) -> Path | None:
+    if source.startswith("asset:"):
+        try:
+            from distill.assets import asset_path
+
+            return Path(asset_path(source.removeprefix("asset:")))
+        except (DistillError, ImportError):
+            return None
+    path = Path(source).expanduser()
+    return path if path.is_dir() else None
 
 
 def check_gate(where: str, gate, modality: str | None) -> None:
@@ -225,7 +252,8 @@ def describe(check: dict) -> str:
         ("%" if check["unit"] == "rel" else "")
     scale = 100.0 if check["metric"] in PERCENT_METRICS else 1.0
     return (f"gate {check['status']}: {check['task']} {check['metric']} {check['source']['value'] * scale:.4g}"
-            f" (input) -> {check['result']['value'] * scale:.4g} (output) on {check['n']} items, drift "
+            f" (input) -> {check['result']['value'] * scale:.4g} (output), n={check['n']} (limit "
+            f"{check['limit']}), drift "
             f"{check['drift']:+.4g} {unit}, tolerance {check['tolerance']:g} {unit}")
 
 

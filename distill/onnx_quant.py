@@ -55,7 +55,8 @@ def precision(spec) -> dict:
         return {"dtype": "float32", "weights": "float32", "activations": "float32", "bits": 32}
     if spec.quantize == "int4":
         return {"dtype": f"int4-{spec.int4_method}-b{spec.block_size}", "bits": 4,
-                "weights": f"int4 block {spec.block_size} ({spec.int4_method})",
+                "weights": f"int4 block {spec.block_size} ({spec.int4_method}): MatMul weights"
+                + (" and the embedding table" if spec.int4_method == "rtn" else "; embedding table fp32"),
                 "activations": f"int8 per block inside MatMulNBits (accuracy_level {INT4_ACCURACY_LEVEL})"}
     static = spec.quantize == "int8-static"
     return {"dtype": spec.quantize, "bits": 8,

@@ -614,6 +614,10 @@ class EvalSpec(Spec):
     results_dir: str | None = Field(
         None, description="where records go (default: <run dir>/results)"
     )
+    more_suites: list[str] = Field(
+        default_factory=list, description="suites run on every model after `suite`, into the same "
+        "records (e.g. asr-latency: batch-1 speed beside asr-en's batch-8)"
+    )
 
 
 class Recipe(Spec):
@@ -938,7 +942,7 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
     checks.check(r)
     from distill import gate  # quantize/export inputs and parity gates (torch-free)
 
-    gate.check_recipe(r)
+    gate.check_recipe(r, strict)
     return notes
 
 
