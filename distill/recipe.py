@@ -657,6 +657,12 @@ class Recipe(Spec):
                 raise ValueError(
                     f"stage {i} ({stage.kind}) follows a LoRA stage with merge: false; set merge: true"
                 )
+            if isinstance(stage, LoraStage) and stage.model is None and (
+                    isinstance(before, ExportStage)
+                    or isinstance(before, QuantizeStage) and before.method == "torch-dynamic-int8"):
+                raise ValueError(f"stage {i} (lora) would train on the {before.kind} output of stage "
+                                 f"{i - 1}, which is not full-precision or bitsandbytes weights; put the "
+                                 "LoRA stage before it (QLoRA: quantize_base: nf4)")
             if i == 0 and isinstance(stage, InputStage) and stage.model is None:
                 raise ValueError(f"the first stage is '{stage.kind}' with no input: give it "
                                  "`model:` (e.g. asset:whisper-base) or put a stage before it")
@@ -929,10 +935,11 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
 
     for i, stage in enumerate(r.stages):
         where = f"stages.{i}"
-        for field in ("teacher", "model", "data"):
+        for field in ("teacher", "model", "data", "speech", "calibration"):
             value = getattr(stage, field, None)
             if value is not None:
-                check(value.source, f"{where}.{field}")
+                for source in value.source if isinstance(value.source, list) else [value.source]:
+                    check(source, f"{where}.{field}")
         student = getattr(stage, "student", None)
         if student is not None and student.model is not None:
             check(student.model.source, f"{where}.student.model")
@@ -940,6 +947,9 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
     from distill import checks  # output dir, stage code, data, eval block, model configs (torch-free)
 
     checks.check(r)
+    from distill import preflight  # compression stages vs their model's config (torch-free)
+
+    preflight.check(r, strict)
     from distill import gate  # quantize/export inputs and parity gates (torch-free)
 
     gate.check_recipe(r, strict)

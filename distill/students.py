@@ -16,14 +16,14 @@ The weighted average is a heuristic start for KD, not an equivalent network: Swi
 
 from __future__ import annotations
 
-import copy
 import logging
-import re
 from typing import TYPE_CHECKING
 
 import torch
 
+from distill import pruning
 from distill.errors import DistillError
+from distill.pruning import LAYER_KEY, even_layers, layer_map_student, renumbered_state, with_layers  # noqa: F401
 
 if TYPE_CHECKING:
     from distill.context import RunContext
@@ -42,7 +42,6 @@ SHARED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attentio
                  "initializer_range", "rms_norm_eps", "rope_theta", "rope_scaling", "attention_bias",
                  "attention_dropout", "tie_word_embeddings", "bos_token_id", "eos_token_id",
                  "pad_token_id", "use_sliding_window", "sliding_window", "max_window_layers")
-LAYER_KEY = re.compile(r"(^|\.)layers\.(\d+)\.")
 
 
 # ------------------------------------------------------------------------------------ anatomy
@@ -77,85 +76,19 @@ def final_hidden(model, input_ids: torch.Tensor, all_layers: bool = False):
 
 
 # ------------------------------------------------------------------------------------ layer map
-def even_layers(n_student: int, n_teacher: int) -> list[int]:
-    """Evenly spaced teacher layer indices for a shallower student, first and last always kept."""
-    from distill.losses import even_layer_map
-
-    return even_layer_map(n_student, n_teacher)
+# The layer map is depth pruning: its home is distill.pruning; these names keep callers working.
+_with_layers = with_layers
+_renumbered_state = renumbered_state
 
 
 def resolve_layers(spec: StudentSpec, n_teacher: int) -> list[int]:
     """The teacher layers the student keeps: explicit `layers`, else evenly spaced `num_layers`."""
-    if spec.layers is not None:
-        bad = [i for i in spec.layers if not 0 <= i < n_teacher]
-        if bad:
-            raise DistillError(f"student.layers {bad} out of range: the teacher has {n_teacher} layers "
-                               f"(0..{n_teacher - 1})", f"use indices between 0 and {n_teacher - 1}")
-        return list(spec.layers)
-    n = spec.num_layers or n_teacher
-    if n > n_teacher:
-        raise DistillError(f"student.num_layers={n} exceeds the teacher's {n_teacher} layers",
-                           f"use num_layers <= {n_teacher} (or init: config for a bigger student)")
-    return even_layers(n, n_teacher)
-
-
-def _with_layers(config, layers: list[int]):
-    """A copy of `config` keeping only `layers` (per-layer config lists sliced alike)."""
-    cfg = copy.deepcopy(config)
-    n_teacher = cfg.num_hidden_layers
-    cfg.num_hidden_layers = len(layers)
-    if isinstance(getattr(cfg, "layer_types", None), list) and len(cfg.layer_types) == n_teacher:
-        cfg.layer_types = [cfg.layer_types[i] for i in layers]
-    if isinstance(getattr(cfg, "mlp_only_layers", None), list):
-        cfg.mlp_only_layers = [j for j, i in enumerate(layers) if i in cfg.mlp_only_layers]
-    if getattr(cfg, "max_window_layers", None) is not None:
-        cfg.max_window_layers = sum(1 for i in layers if i < cfg.max_window_layers)
-    return cfg
-
-
-def _renumbered_state(state: dict[str, torch.Tensor], layers: list[int]) -> dict[str, torch.Tensor]:
-    """Teacher state dict with layer `layers[j]` renamed to layer j and other layers dropped."""
-    position = {t: s for s, t in enumerate(layers)}
-    out = {}
-    for key, value in state.items():
-        m = LAYER_KEY.search(key)
-        if m is None:
-            out[key] = value
-        elif int(m.group(2)) in position:
-            new = f"{m.group(1)}layers.{position[int(m.group(2))]}."
-            out[key[: m.start()] + new + key[m.end():]] = value
-    return out
-
-
-def layer_map_student(teacher, layers: list[int]):
-    """A copy of `teacher` keeping `layers` (in order), weights copied. -> new model (eval mode)."""
-    from transformers import AutoModelForCausalLM
-
-    cfg = _with_layers(teacher.config, layers)
-    student = AutoModelForCausalLM.from_config(cfg)
-    state = _renumbered_state(teacher.state_dict(), layers)
-    missing, unexpected = student.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight") or not cfg.tie_word_embeddings]
-    if missing or unexpected:
-        raise RuntimeError(f"layer map left weights unset: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    student.to(next(teacher.parameters()).dtype)
-    return student.eval()
+    return pruning.resolve_layers(spec.layers, spec.num_layers, n_teacher)
 
 
 # ---------------------------------------------------------------------------------------- MoE
-def moe_blocks(model) -> list[tuple[int, torch.nn.Module]]:
-    """(layer index, sparse MoE block) for every decoder layer with a router and experts."""
-    found = []
-    for i, layer in enumerate(_decoder_layers(model)):
-        block = getattr(layer, "mlp", None) or getattr(layer, "block_sparse_moe", None)
-        if block is not None and hasattr(block, "gate") and hasattr(block, "experts"):
-            found.append((i, block))
-    return found
-
-
-def _decoder_layers(model):
-    base = getattr(model, model.base_model_prefix, model)
-    return list(base.layers)
+moe_blocks = pruning.moe_layers
+_decoder_layers = pruning.decoder_layers
 
 
 def _family(model) -> tuple[str, tuple[str, str, str]]:

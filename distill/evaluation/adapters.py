@@ -279,7 +279,13 @@ def load_peft_adapter(path: str, device: str = "cpu", manifest=None):
     from peft import PeftModel
 
     base_path = _base_of_adapter(path, manifest)
-    base = (_load_speech if is_speech(base_path) else load_hf_causal_lm)(base_path, device)
+    quant = ((getattr(manifest, "extra", None) or {}).get("base_quantization"))
+    if quant:  # QLoRA: evaluate the adapter on the quantized base it was trained on
+        from types import SimpleNamespace
+
+        base = load_bnb(base_path, device, SimpleNamespace(extra={"quantization": quant}))
+    else:
+        base = (_load_speech if is_speech(base_path) else load_hf_causal_lm)(base_path, device)
     model = PeftModel.from_pretrained(base.model, path).eval()
     base.model = model
     if isinstance(base, CausalLM):
