@@ -408,9 +408,13 @@ ONNX_QUANT = ("none", "int8-dynamic", "int8-static", "int4")
 class ExportStage(InputStage):
     kind: Literal["export"]
     runner: ClassVar[str] = "distill.stages.export:run"
-    format: Literal["onnx"] = Field(
+    format: Literal["onnx", "ct2"] = Field(
         "onnx", description="onnx = optimum-onnx graphs (Whisper: encoder + one merged decoder) for "
-        "ONNX Runtime")
+        "ONNX Runtime; ct2 = CTranslate2 (what faster-whisper and ctranslate2.Generator load; "
+        "Whisper and causal LMs)")
+    quantization: Literal["int8", "int8_float32", "float32"] | None = Field(
+        None, description="ct2 only: CTranslate2 weight type (default int8: int8 weights with per-row "
+        "scales; int8 and int8_float32 both run int8 GEMMs with float32 elsewhere on CPU)")
     optimize: bool = Field(True, description="ONNX Runtime offline graph optimisation (fusions, "
                            "extended level: portable across CPUs) after quantization")
     quantize: Literal[ONNX_QUANT] = Field(
@@ -447,6 +451,12 @@ class SpeechData(Spec):
     split: str | None = Field("train", description="dataset split (assets with splits or a split column)")
     max_items: int | None = Field(None, gt=0, description="cap on utterances used (None = all)")
     max_seconds: float = Field(30.0, gt=0, le=30, description="drop longer clips (Whisper's window is 30 s)")
+        if self.format == "ct2" and (self.quantize != "none" or self.calibration is not None):
+            raise ValueError("format ct2 quantizes with `quantization: int8 | int8_float32 | float32` "
+                             "(no calibration); `quantize`/`calibration` are for format onnx")
+        if self.format == "onnx" and self.quantization is not None:
+            raise ValueError("`quantization` is the ct2 weight type; for format onnx use `quantize: "
+                             "int8-dynamic | int8-static | int4`")
     noisy: bool = Field(True, description="include noise-mixed rows (column `noise`) of the split")
 
 

@@ -39,6 +39,16 @@ def _read_str(f: BinaryIO) -> str:
     return f.read(length).rstrip(b"\0").decode("utf-8")
 
 
+def read_spec_name(path: Path) -> str:
+    """The spec name in a model.bin header (e.g. 'WhisperSpec'), without reading the weights."""
+    with open(path, "rb") as f:
+        (version,) = _read(f, "<I")
+        if version < 5:
+            raise DistillError(f"CTranslate2 binary version {version} in {path} is too old",
+                               "use a model converted by CTranslate2 >= 3")
+        return _read_str(f)
+
+
 def read_model_bin(path: Path) -> tuple[str, dict[str, np.ndarray]]:
     """Parse a CT2 model.bin -> (spec name, {variable name: array}); aliases resolve to copies."""
     with open(path, "rb") as f:

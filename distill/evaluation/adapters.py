@@ -407,6 +407,13 @@ def load_onnx(path: str, device: str = "cpu", manifest=None):
                     device=device)
 
 
+def load_ct2(path: str, device: str = "cpu", manifest=None):
+    """CTranslate2 export (Whisper or causal LM), in its own module: distill.evaluation.ct2_models."""
+    from distill.evaluation import ct2_models
+
+    return ct2_models.load_ct2(path, device, manifest)
+
+
 ADAPTERS = {
     "hf-causal-lm": load_hf_causal_lm,
     "hf-whisper": load_hf_whisper,
@@ -415,4 +422,5 @@ ADAPTERS = {
     "bnb": load_bnb,
     "torch-dynamic-quant": load_torch_dynamic_quant,
     "onnx": load_onnx,
+    "ct2": load_ct2,
 }

@@ -36,6 +36,8 @@ def infer_adapter(path: Path) -> str:
         return "peft-adapter"
     if any(path.glob("*.onnx")):
         return "onnx"
+    if (path / "model.bin").is_file():  # CTranslate2 (its config.json has no model_type)
+        return "ct2"
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise DistillError(f"'{path}' has neither manifest.json nor config.json: not an artifact or "

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from distill import artifacts, gate, onnx_quant
+from distill import artifacts, ct2, gate, onnx_quant
 from distill.artifacts import Artifact
 from distill.context import RunContext
 from distill.errors import DistillError
@@ -71,11 +71,17 @@ def export_onnx(spec: ExportStage, source: Artifact, out: Path, task: str, calib
 
 def run(spec: ExportStage, ctx: RunContext) -> Artifact:
     source = input_artifact(spec, ctx)
-    task = check_exportable(source)
-    calibration = onnx_quant.calibration_inputs(spec, source) if spec.calibration else None
-    out = artifacts.prepare_dir(ctx.artifact_dir())
-    extra = export_onnx(spec, source, out, task, calibration)
-    art = new_artifact(ctx, source, spec, "onnx", source.params, extra)
+    if spec.format == "ct2":  # CTranslate2: distill.ct2 (checked before the directory exists)
+        check_compressible(source, "export")
+        ct2.check_source(Path(source.path), source.kind)
+        out = artifacts.prepare_dir(ctx.artifact_dir())
+        extra = ct2.convert(Path(source.path), out, source.kind, spec.quantization or "int8")
+    else:
+        task = check_exportable(source)
+        calibration = onnx_quant.calibration_inputs(spec, source) if spec.calibration else None
+        out = artifacts.prepare_dir(ctx.artifact_dir())
+        extra = export_onnx(spec, source, out, task, calibration)
+    art = new_artifact(ctx, source, spec, spec.format, source.params, extra)
     art.size_bytes = artifacts.dir_size(out)
     if spec.gate is not None:
         art.extra["gate"] = gate.evaluate(spec.gate, source, art, ctx)
