@@ -9,6 +9,12 @@ Data parallel (`torchrun` or `accelerate launch`): `batch_size` is per process, 
 step sees batch_size x grad_accum x world_size rows. Rank r of micro-batch m reads the rows right
 after ranks < r, so a 2-process run reads exactly the rows a 1-process run with twice the batch
 reads, and (DDP averaging gradients) follows the same loss trajectory.
+
+train.parallel fsdp shards weights, gradients and AdamW state over the processes instead of
+replicating them (distill.distributed: FSDP2, one unit per decoder block); same rows, same
+trajectory. The optimizer is built over the sharded parameters, then optimizer and scheduler go
+through accelerator.prepare (model first, as accelerate documents for FSDP); under DDP model,
+optimizer and scheduler are prepared together.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -80,17 +87,25 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, modules: dict[str, torch.nn.Module], optimizer,
-                    scheduler, extra: dict) -> Path:
-    """Write step-NNNNNNN/ via a temp dir + rename, then prune old checkpoints."""
-    from safetensors.torch import save_model
+                    scheduler, extra: dict, full_state: tuple[dict, dict] | None = None) -> Path:
+    """Write step-NNNNNNN/ via a temp dir + rename, then prune old checkpoints.
+
+    full_state: (per-module weights, optimizer state) already gathered from FSDP shards; without it
+    the modules and optimizer are read as they are (1 process or DDP).
+    """
+    from safetensors.torch import save_file, save_model
 
     final = ckpt_root / f"step-{step:07d}"
     tmp = ckpt_root / f"step-{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, module in modules.items():
-        save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **_rng_state()},
+        if full_state is None:
+            save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights
+        else:
+            save_file({k: v.contiguous() for k, v in full_state[0][name].items()}, str(tmp / f"{name}.safetensors"))
+    optim_state = optimizer.state_dict() if full_state is None else full_state[1]
+    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), **_rng_state()},
                tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}))
     shutil.rmtree(final, ignore_errors=True)
@@ -101,15 +116,32 @@ def save_checkpoint(ckpt_root: Path, step: int, modules: dict[str, torch.nn.Modu
 
 
 def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, scheduler) -> dict:
-    from safetensors.torch import load_model
+    """Restore weights, optimizer, scheduler and RNG; optimizer None = weights only (FSDP loads its
+    name-keyed optimizer state after sharding, see `checkpoint_optimizer_state`)."""
+    from safetensors.torch import load_file, load_model
 
+    from distill import distributed
+
+    info = json.loads((path / "state.json").read_text())
     for name, module in modules.items():
-        load_model(module, str(path / f"{name}.safetensors"))
+        if info.get("parallel") == distributed.FSDP:
+            distributed.load_full(module, load_file(str(path / f"{name}.safetensors")))
+        else:
+            load_model(module, str(path / f"{name}.safetensors"))
+    if optimizer is not None:
+        state = torch.load(path / "trainer.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state)
+    return info
+
+
+def checkpoint_optimizer_state(path: Path, scheduler) -> dict:
+    """The optimizer state of a checkpoint (scheduler and RNG restored on the way)."""
     state = torch.load(path / "trainer.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state)
-    return json.loads((path / "state.json").read_text())
+    return state["optimizer"]
 
 
 class _Stepper(torch.nn.Module):
@@ -139,10 +171,45 @@ def make_accelerator(dtype: str, unused_params: bool = False):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise DistillError("accelerate's own FSDP plugin is on (distributed_type: FSDP in the accelerate "
+                           "config); distill shards the model itself",
+                           "set train.parallel: fsdp in the recipe and launch with "
+                           "configs/accelerate/multi-gpu.yaml (or torchrun)")
     cuda = torch.cuda.is_available()
     precision = "bf16" if dtype == "bfloat16" or (dtype == "auto" and cuda) else "no"
     ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_params)
-    return Accelerator(cpu=not cuda, mixed_precision=precision, kwargs_handlers=[ddp])
+    # step_scheduler_with_optimizer=False: the prepared scheduler steps once per optimizer step, not
+    # once per process (accelerate's default), so the lr trajectory does not depend on the world size.
+    return Accelerator(cpu=not cuda, mixed_precision=precision, kwargs_handlers=[ddp],
+                       step_scheduler_with_optimizer=False)
+
+
+def micro_batch(spec: TrainSpec, world: int) -> int:
+    """Rows per process per micro-batch: batch_size, or global_batch split over the processes."""
+    if spec.global_batch is None:
+        return spec.batch_size
+    per, rest = divmod(spec.global_batch, world * spec.grad_accum)
+    if rest or not per:
+        raise DistillError(
+            f"train.global_batch {spec.global_batch} does not split over {world} process(es) x grad_accum "
+            f"{spec.grad_accum}",
+            f"launch a number of processes that divides {spec.global_batch // spec.grad_accum}, or change "
+            "train.global_batch / train.grad_accum",
+        )
+    return per
+
+
+def _check_resumable(state: dict, world: int, parallel: str, path: Path) -> None:
+    """A checkpoint continues exactly only with the process count and sharding it was written with."""
+    saved_world, saved_parallel = state.get("world_size", world), state.get("parallel", "ddp")
+    if saved_world != world or saved_parallel != parallel:
+        raise DistillError(
+            f"checkpoint {path} was written by {saved_world} process(es) with parallel {saved_parallel}; "
+            f"this run has {world} with parallel {parallel}",
+            f"resume with {saved_world} processes and train.parallel {saved_parallel} "
+            f"(e.g. torchrun --nproc_per_node {saved_world} -m distill run --resume ...)",
+        )
 
 
 def train(
@@ -164,28 +231,69 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    acc = make_accelerator(spec.dtype, unused_params=has_experts(modules))
+    from distill import distributed
+
+    experts = has_experts(modules)
+    acc = make_accelerator(spec.dtype, unused_params=experts)
     world, rank = acc.num_processes, acc.process_index
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    # The scheduler is stepped by hand (not acc.prepare'd): accelerate would step it once per
-    # process, which changes the lr trajectory with the world size.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
+    batch_size = micro_batch(spec, world)
+    fsdp = spec.parallel == distributed.FSDP and world > 1
+    if spec.parallel == distributed.FSDP:
+        distributed.check_shardable(modules)  # also with 1 process: the recipe must run on N
     ckpt_root = ctx.checkpoint_dir()  # rank 0 writes checkpoints; every rank resumes from them
     if acc.is_main_process:
         ckpt_root.mkdir(parents=True, exist_ok=True)
-
     start, tokens_seen = 0, 0
     last = latest_checkpoint(ckpt_root)
     if last is not None:
-        state = load_checkpoint(last, modules, optimizer, scheduler)
+        state = json.loads((last / "state.json").read_text())
+        _check_resumable(state, world, spec.parallel if world > 1 else "ddp", last)
+
+    stepper = _Stepper(modules, step_fn)
+    if fsdp:
+        if last is not None:  # full weights into the plain modules, then shard them
+            load_checkpoint(last, modules, None, None)
+        stepper = distributed.shard(stepper, modules, experts=experts)
+        params = [p for p in stepper.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
+        if last is not None:
+            distributed.load_optimizer(stepper, optimizer, checkpoint_optimizer_state(last, scheduler))
+        optimizer, scheduler = acc.prepare(optimizer, scheduler)
+    else:
+        params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(spec))
+        if last is not None:
+            load_checkpoint(last, modules, optimizer, scheduler)
+        stepper, optimizer, scheduler = acc.prepare(stepper, optimizer, scheduler)  # DDP only when world > 1
+    if last is not None:
         start, tokens_seen = state["step"], state.get("tokens_seen", 0)
         logger.info("resumed from %s (step %d)", last.name, start)
+    saved_as = {"world_size": world, "parallel": distributed.FSDP if fsdp else "ddp"}
 
-    stepper = acc.prepare(_Stepper(modules, step_fn))  # DDP-wrapped only when world > 1
+    def checkpoint(done: int) -> None:
+        full = None
+        if fsdp:  # every rank takes part in gathering; rank 0 writes
+            model_sd, optim_sd = distributed.full_state(stepper, optimizer.optimizer)
+            full = (distributed.split_by_module(model_sd, modules), optim_sd) if acc.is_main_process else None
+        if acc.is_main_process:
+            save_checkpoint(ckpt_root, done, modules, optimizer, scheduler,
+                            {"tokens_seen": tokens_seen, **saved_as}, full_state=full)
+        acc.wait_for_everyone()
+
+    def evaluate() -> dict[str, float]:
+        if not fsdp:
+            return eval_fn()
+        stepper.unshard()  # the root unit's weights (embeddings, head); blocks gather their own
+        try:
+            return eval_fn()
+        finally:
+            stepper.reshard()
+
     stepper.train()
     writer = _tensorboard(ctx) if acc.is_main_process else None
-    rows_per_step = spec.batch_size * spec.grad_accum * world
+    rows_per_step = batch_size * spec.grad_accum * world
     final: dict[str, float] = {}
     bar = tqdm(range(start, spec.steps), initial=start, total=spec.steps, desc=ctx.stage_name,
                unit="step", dynamic_ncols=True, disable=not acc.is_main_process)
@@ -193,19 +301,24 @@ def train(
     for step in bar:
         metrics_sum: dict[str, float] = {}
         for micro in range(spec.grad_accum):
-            position = step * rows_per_step + (micro * world + rank) * spec.batch_size
-            rows = blocks.rows(position, spec.batch_size)
+            position = step * rows_per_step + (micro * world + rank) * batch_size
+            rows = blocks.rows(position, batch_size)
             batch = blocks.tokens[rows].to(acc.device)
             sync = micro == spec.grad_accum - 1
-            with (acc.no_sync(stepper) if not sync and world > 1 else _nullcontext()), acc.autocast():
+            if fsdp:
+                distributed.set_gradient_sync(stepper, sync)
+            with (acc.no_sync(stepper) if not sync and world > 1 and not fsdp else _nullcontext()), acc.autocast():
                 loss, metrics = stepper(batch, rows) if with_rows else stepper(batch)
                 _check_finite(loss, step, ctx, ckpt_root, acc)
                 acc.backward(loss / spec.grad_accum)
             for k, v in metrics.items():
                 metrics_sum[k] = metrics_sum.get(k, 0.0) + v / spec.grad_accum
             window_tok += batch.numel() * world
+        if fsdp and experts:
+            distributed.drop_unused_grads(params)
         if spec.max_grad_norm:
-            metrics_sum["grad_norm"] = float(acc.clip_grad_norm_(params, spec.max_grad_norm))
+            norm = acc.clip_grad_norm_(params, spec.max_grad_norm)
+            metrics_sum["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -223,7 +336,7 @@ def train(
             window_t, window_tok = time.perf_counter(), 0
             if eval_fn is not None and spec.eval_every and done % spec.eval_every == 0:
                 stepper.eval()
-                metrics_sum.update(eval_fn())
+                metrics_sum.update(evaluate())
                 stepper.train()
             if acc.is_main_process:
                 ctx.log_metrics(done, **metrics_sum)
@@ -234,11 +347,11 @@ def train(
                             tok_s=f"{metrics_sum['tok_per_s']:.0f}")
             final = metrics_sum
         if done % spec.checkpoint_every == 0 and done < spec.steps:
-            if acc.is_main_process:
-                save_checkpoint(ckpt_root, done, modules, optimizer, scheduler, {"tokens_seen": tokens_seen})
-            acc.wait_for_everyone()
+            checkpoint(done)
     bar.close()
     stepper.eval()
+    if fsdp:  # the stage saves and evaluates plain modules holding the full trained weights
+        distributed.unwrap(stepper)
     if eval_fn is not None:
         final.update(eval_fn())
         if acc.is_main_process:
