@@ -104,11 +104,24 @@ class TrainSpec(Spec):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="compute dtype: auto = fp32 on CPU, bf16 autocast on GPU"
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="several processes: ddp = a full replica each; fsdp = weights, gradients and "
+        "AdamW state sharded over them (FSDP2, one unit per decoder block)"
+    )
+    global_batch: int | None = Field(
+        None, gt=0, description="rows per optimizer step over all processes; when set it replaces "
+        "batch_size (= global_batch / (processes x grad_accum), which must divide exactly)"
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSpec:
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        if self.global_batch is not None and "batch_size" in self.model_fields_set:
+            raise ValueError("give train.batch_size (per process) or train.global_batch (all processes), not both")
+        if self.global_batch is not None and self.global_batch % self.grad_accum:
+            raise ValueError(f"global_batch ({self.global_batch}) must be a multiple of grad_accum "
+                             f"({self.grad_accum})")
         return self
 
 
@@ -432,6 +445,12 @@ class ExportStage(InputStage):
 
     @model_validator(mode="after")
     def _quant_rules(self) -> ExportStage:
+        if self.format == "ct2" and (self.quantize != "none" or self.calibration is not None):
+            raise ValueError("format ct2 quantizes with `quantization: int8 | int8_float32 | float32` "
+                             "(no calibration); `quantize`/`calibration` are for format onnx")
+        if self.format == "onnx" and self.quantization is not None:
+            raise ValueError("`quantization` is the ct2 weight type; for format onnx use `quantize: "
+                             "int8-dynamic | int8-static | int4`")
         if self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of 2 (16, 32, 64, 128), got {self.block_size}")
         needs = self.quantize == "int8-static" or (self.quantize == "int4" and self.int4_method == "gptq")
@@ -451,12 +470,6 @@ class SpeechData(Spec):
     split: str | None = Field("train", description="dataset split (assets with splits or a split column)")
     max_items: int | None = Field(None, gt=0, description="cap on utterances used (None = all)")
     max_seconds: float = Field(30.0, gt=0, le=30, description="drop longer clips (Whisper's window is 30 s)")
-        if self.format == "ct2" and (self.quantize != "none" or self.calibration is not None):
-            raise ValueError("format ct2 quantizes with `quantization: int8 | int8_float32 | float32` "
-                             "(no calibration); `quantize`/`calibration` are for format onnx")
-        if self.format == "onnx" and self.quantization is not None:
-            raise ValueError("`quantization` is the ct2 weight type; for format onnx use `quantize: "
-                             "int8-dynamic | int8-static | int4`")
     noisy: bool = Field(True, description="include noise-mixed rows (column `noise`) of the split")
 
 
