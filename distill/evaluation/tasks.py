@@ -19,9 +19,17 @@ from distill.errors import DistillError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-# eval/ sits beside the package in the source tree; evaluate() takes no path so that the CLI, the
-# tests and the recipe runner all read the same committed specs.
-EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
+
+def _eval_dir() -> Path:
+    """eval/ beside the package in a checkout (editable install); in an installed wheel the same
+    files ship as package data, distill/eval_specs (pyproject.toml). evaluate() takes no path so
+    that the CLI, the tests and the recipe runner all read the same committed specs."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "eval_specs"
+    return installed if installed.is_dir() else package.parent / "eval"
+
+
+EVAL_DIR = _eval_dir()
 
 
 class _Spec(BaseModel):
