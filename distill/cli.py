@@ -142,6 +142,11 @@ def _eval(args) -> int:
 def _report(args) -> int:
     from distill.evaluation.report import write_report
 
+    if not args.results_dir.is_dir():  # a typo would otherwise become a new, empty results dir
+        raise DistillError(f"results directory '{args.results_dir}' does not exist"
+                           + (" (it is a file)" if args.results_dir.exists() else ""),
+                           "pass --results-dir DIR holding records written by `distill eval`")
+
     readme = write_report(args.results_dir)
     print(f"report written: {readme.with_name('index.html')} (open in a browser) and {readme}")
     return 0

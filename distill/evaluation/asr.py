@@ -34,6 +34,8 @@ def load_audio(path: str):
         audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE)
     if audio.size == 0:
         raise ValueError("empty audio")
+    if not np.isfinite(audio).all():  # a model turns NaN into text ('!!!!'): never score it
+        raise ValueError(f"{int((~np.isfinite(audio)).sum())} non-finite (NaN/inf) samples")
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from distill.errors import DistillError
 from distill.evaluation import asr as asr_task
-from distill.evaluation import mc, perplexity, results, throughput
+from distill.evaluation import inputs, mc, perplexity, results, throughput
 from distill.evaluation.adapters import ADAPTERS
 from distill.evaluation.data import limit_rows, task_rows
 from distill.evaluation.loading import ModelRef, count_params, resolve_model
@@ -87,16 +87,18 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
              threads: int | None = None) -> Path:
     """Evaluate `model` on `suite`; write results_dir/<artifact id>.json + samples; return its path."""
     started = time.perf_counter()
+    inputs.check_args(model, batch_size, threads, results_dir)
     suite_spec = load_suite(suite)
     tasks = [load_task(name) for name in suite_spec.tasks]
     ref = resolve_model(model)
+    inputs.check_weight_files(ref.source, ref.kind)
     base_record = results.find_baseline(baseline, results_dir) if baseline else None
     full = {t.name: task_rows(t) for t in tasks}  # fails on missing/empty data before loading
     rows = {name: limit_rows(r, limit, name) for name, r in full.items()}
     if limit is not None and all(len(r) < limit for r in rows.values()):
         raise DistillError(f"--limit {limit} exceeds the size of every task in suite '{suite_spec.name}' "
                            f"(largest: {max(len(r) for r in rows.values())})", "use a smaller --limit")
-    batch = batch_size or suite_spec.batch_size
+    batch = suite_spec.batch_size if batch_size is None else batch_size
     if batch < 1:
         raise DistillError(f"batch size {batch} is not positive", "pass --batch-size N with N >= 1")
 
@@ -107,7 +109,8 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DistillError(f"device '{device}' requested but CUDA is not available", "use --device cpu")
     window_reset = throughput.reset_peak_memory(device)
-    adapter = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
+    adapter = inputs.load_adapter(ADAPTERS[ref.adapter], ref, device)
+    inputs.check_finite_weights(adapter, model)
     if adapter.modality != suite_spec.modality:
         raise DistillError(f"suite '{suite_spec.name}' is for {suite_spec.modality} models but "
                            f"'{model}' is an {adapter.modality} model", "pick a suite of its modality")
@@ -120,6 +123,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     for spec in tasks:
         t0 = time.perf_counter()
         found, task_samples, timings = _run_task(spec, adapter, rows[spec.name], batch)
+        inputs.check_finite_metrics(spec.name, found)
         # A limit at or above the task's size scored every item: the number is not partial.
         task_limit = limit if limit is not None and limit < len(full[spec.name]) else None
         for m in found:
