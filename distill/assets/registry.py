@@ -31,6 +31,9 @@ class AssetSpec:
     # Bump when the builder's output changes (e.g. cleaned references): installs made by an older
     # revision then count as missing and are rebuilt, instead of silently serving stale data.
     revision: int = 1
+    # Built only when named (`distill assets install <id>`, or by a recipe's author), never by
+    # `install --all`: large training sets stay out of the CI install.
+    on_demand: bool = False
 
 
 def _lazy(target: str, **kwargs) -> BuildFn:
@@ -111,8 +114,9 @@ ASSETS: dict[str, AssetSpec] = {
         _lazy("distill.assets.mmlu:build_mmlu_dev")),
     "asterisk-en": AssetSpec(
         "asterisk-en", "dataset", (deb("asterisk-core-sounds-en-wav"), deb("asterisk-core-sounds-en")),
-        "CC-BY-SA-3.0", "Asterisk English prompts: 563 utterances, one US female voice, 8 kHz -> 16 kHz",
-        _lazy("distill.assets.speech:build_asterisk"), revision=2),  # 2: cleaned references
+        "CC-BY-SA-3.0", "Asterisk English prompts: 563 utterances, one US female voice, 8 kHz -> 16 kHz "
+        "(split column: test = half the >= 4-word prompts by text hash, train = the rest)",
+        _lazy("distill.assets.speech:build_asterisk"), revision=3),  # 2: cleaned references, 3: splits
     "librivox-5": AssetSpec(
         "librivox-5", "dataset", (deb("pocketsphinx-testdata"),), "BSD-2-Clause",
         "5 LibriVox read-speech utterances (Sense and Sensibility), 16 kHz",
@@ -145,6 +149,11 @@ ASSETS: dict[str, AssetSpec] = {
         "tts-en", "dataset", tuple(deb(p) for p in _TTS_EN), "GPL/BSD family (engines); text as its corpus",
         "synthetic English speech (festival slt HTS, flite, espeak-ng) with exact transcripts",
         _lazy("distill.assets.models:build_tts", lang="en")),
+    "tts-en-train": AssetSpec(
+        "tts-en-train", "dataset", tuple(deb(p) for p in _TTS_EN), "GPL/BSD family (engines); text as its corpus",
+        "more synthetic English training speech: 1,200 new sentences (none in tts-en) by tts-en's train "
+        "voices + one noise-mixed copy each (15/5 dB), split train only; on demand (not in --all)",
+        _lazy("distill.assets.tts:build_train_asset", n=1200), requires=("tts-en",), on_demand=True),
     "tts-cmn": AssetSpec(
         "tts-cmn", "dataset", tuple(deb(p) for p in _TTS_CMN) + (_PYPINYIN,),
         "GPL-3+ (espeak-ng); text as its corpus",

@@ -2,7 +2,8 @@
 
 Every set is stored as 16 kHz mono 16-bit WAV files inside the asset directory plus a
 `datasets.Dataset` with columns id, audio_path (absolute), text, duration, sample_rate,
-speaker, source, telephone. Audio is a path, not a `datasets.Audio` column: datasets' audio
+speaker, source, telephone. asterisk-en also has a `split` column (train/test, see
+`asterisk_split`): the evaluation task reads test, distillation may train on train. Audio is a path, not a `datasets.Audio` column: datasets' audio
 decoding needs torchcodec, which does not load on CPU-only installs; decode with soundfile.
 """
 
@@ -65,6 +66,23 @@ def to_16k_pcm(audio: np.ndarray, sr: int) -> np.ndarray:
     return np.clip(audio, -1.0, 1.0).astype(np.float32)
 
 
+def spoken_key(text: str) -> str:
+    """Lower-case words only: two prompts that say the same words share a key (and a split)."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def asterisk_split(text: str, min_test_words: int = 4) -> str:
+    """'test' for about half of the prompts with >= `min_test_words` words, chosen by a hash of the
+    spoken words (stable across builds, and a prompt repeated under another name lands in the same
+    split); 'train' for the rest, including every shorter prompt (the evaluation task skips those)."""
+    import hashlib
+
+    key = spoken_key(text)
+    if len(key.split()) < min_test_words:
+        return "train"
+    return "test" if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 2 == 0 else "train"
+
+
 def _write_rows(out_dir: Path, rows: list[dict]) -> dict:
     import datasets
 
@@ -75,6 +93,7 @@ def _write_rows(out_dir: Path, rows: list[dict]) -> dict:
         "text": datasets.Value("string"), "duration": datasets.Value("float64"),
         "sample_rate": datasets.Value("int64"), "speaker": datasets.Value("string"),
         "source": datasets.Value("string"), "telephone": datasets.Value("bool"),
+        **({"split": datasets.Value("string")} if rows and "split" in rows[0] else {}),
     })
     datasets.Dataset.from_list(rows, features=features).save_to_disk(str(out_dir / DATA_DIR))
     return {"rows": len(rows), "audio_seconds": round(sum(r["duration"] for r in rows), 2)}
@@ -107,7 +126,8 @@ def build_asterisk(out_dir: Path, files: dict[str, Path]) -> dict:
         duration = _convert(wav_root / f"{name}.wav", dst)
         rows.append({"id": f"asterisk-en/{name}", "audio_path": str(dst.resolve()), "text": transcripts[name],
                      "duration": duration, "sample_rate": SAMPLE_RATE, "speaker": "en_US_f_Allison",
-                     "source": "asterisk-core-sounds-en 1.6.1", "telephone": True})
+                     "source": "asterisk-core-sounds-en 1.6.1", "telephone": True,
+                     "split": asterisk_split(transcripts[name])})
     return _write_rows(out_dir, rows)
 
 

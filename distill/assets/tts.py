@@ -33,6 +33,7 @@ from pathlib import Path
 
 from distill.assets import tts_engines
 from distill.assets.tts_engines import VOICES_CMN, VOICES_EN, Voice, library_env, run_job
+from distill.assets.tts_text import spoken_words
 from distill.errors import DistillError, unknown_choice
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ SAMPLE_RATE = 16000
 DEFAULT_N = {"en": 600, "cmn": 48}
 SPLIT_SHARES = (("test", 0.2), ("dev", 0.1))  # train takes the rest
 NOISE_SNRS_DB = (10.0, 0.0)
+TRAIN_SNRS_DB = (15.0, 5.0)  # tts-en-train: one noisy copy per utterance, SNRs alternating
 PYPI_PACKAGES: tuple[str, ...] = ("pypinyin==0.55.0",)
 
 # Shared libraries the engines need beyond a python:3.11 (bookworm) image; `check_runtime`
@@ -91,8 +93,6 @@ def split_sizes(n: int) -> dict[str, int]:
 def _draw_texts(pools: dict[str, list[str]], n: int, rng) -> list[tuple[str, str]]:
     """n (source, text) pairs, sources interleaved so every split gets the same mix; a sentence
     whose words repeat an earlier pick (a fortune quoting the Bible) is skipped."""
-    from distill.assets.tts_text import spoken_words
-
     order = {src: [pool[i] for i in rng.permutation(len(pool))] for src, pool in sorted(pools.items())}
     cursors = dict.fromkeys(order, 0)
     seen: set[tuple[str, ...]] = set()
@@ -237,6 +237,68 @@ def build(out_dir: Path, lang: str, deb_roots: dict[str, Path], seed: int, *, n:
             rows += noisy_copies([r for r in rows if r["split"] == "test"], bank, snrs_db, seed)
     _save(out_dir, rows, lang)
     return _write_info(out_dir, lang, seed, n, rows, time.perf_counter() - started, snrs_db)
+
+
+def plan_en_train(pools: dict[str, list[str]], n: int, seed: int, exclude: set[tuple[str, ...]],
+                  voices: tuple[Voice, ...] = VOICES_EN, prefix: str = "tts-en-train") -> list[Planned]:
+    """n more training utterances: sentences whose spoken words are not in `exclude` (every text of
+    tts-en, so none of its test/dev sentences), spoken by train-split voices only."""
+    import numpy as np
+
+    pools = {src: [t for t in pool if tuple(spoken_words(t)) not in exclude] for src, pool in pools.items()}
+    rng = np.random.default_rng(seed)
+    texts = _draw_texts(pools, n, rng)
+    engines: dict[str, list[Voice]] = {}
+    for voice in voices:
+        if voice.split == "train":
+            engines.setdefault(voice.engine, []).append(voice)
+    names = sorted(engines)
+    shuffled = {e: [engines[e][i] for i in rng.permutation(len(engines[e]))] for e in names}
+    plan = []
+    for k, (source, text) in enumerate(texts):
+        engine = names[k % len(names)]
+        voice = shuffled[engine][(k // len(names)) % len(shuffled[engine])]
+        plan.append(Planned(f"{prefix}-{k:05d}", "train", source, text, voice.id))
+    return plan
+
+
+def build_extra_train(out_dir: Path, deb_roots: dict[str, Path], exclude_texts: list[str], seed: int, n: int,
+                      snrs_db: tuple[float, ...] = TRAIN_SNRS_DB, workers: int | None = None) -> dict:
+    """`tts-en-train`: n clean training utterances (new sentences, train voices) plus one noise-mixed
+    copy of each, SNRs alternating over `snrs_db`; every row in split train."""
+    from distill.assets.noise import noise_bank, noisy_copies
+
+    out_dir = Path(out_dir)
+    deb_roots = {name: Path(root) for name, root in deb_roots.items()}
+    check_roots("en", deb_roots)
+    env = library_env({p: deb_roots[p] for p in PACKAGES_BY_LANG["en"]})
+    exclude = {tuple(spoken_words(t)) for t in exclude_texts}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tts-en-train-") as tmp:
+        tmp = Path(tmp)
+        engines = tts_engines.Engines.from_roots(deb_roots, env, tmp, "en")
+        engines.check_runtime()
+        plan = plan_en_train(_english_pools(deb_roots, env), n, seed, exclude)
+        audio_dir = out_dir / "audio"
+        audio_dir.mkdir(parents=True, exist_ok=True)
+        voices = {v.id: v for v in VOICES_EN}
+        durations = _run_jobs(tts_engines.make_jobs(plan, voices, engines, audio_dir), workers)
+        shutil.rmtree(audio_dir / ".raw", ignore_errors=True)
+        rows = [_row(p, audio_dir, durations[p.id], voices[p.voice], "en") for p in plan]
+        bank = noise_bank(engines.sox, deb_roots["asterisk-moh-opsound-wav"], env, tmp)
+        for j, snr in enumerate(snrs_db):
+            rows += noisy_copies(rows[j:n:len(snrs_db)], bank, (snr,), seed + j)
+    _save(out_dir, rows, "en")
+    return _write_info(out_dir, "en", seed, n, rows, time.perf_counter() - started, snrs_db)
+
+
+def build_train_asset(out_dir: Path, files: dict[str, Path], n: int) -> dict:
+    """Registry builder of `tts-en-train`: sentences of no tts-en split (so none of its test texts)."""
+    from distill.assets import load_dataset
+
+    tts_en = load_dataset("tts-en")
+    exclude = [t for split in tts_en.values() for t in split["text"]]
+    return build_extra_train(out_dir, files, exclude, seed=1, n=n)
 
 
 def _import_pypinyin(deb_roots: dict[str, Path]) -> None:

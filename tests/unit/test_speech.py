@@ -1,6 +1,9 @@
-"""ASR distillation pieces: Whisper student init by decoder layer map, label padding, WER filter."""
+"""ASR distillation pieces: the Whisper student's three levers (decoder cut, encoder cut, shorter
+window), label padding, WER filter, empty-label rate, bad audio."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,12 +12,14 @@ from distill import speech
 from distill.errors import DistillError
 
 
-def tiny_whisper(decoder_layers: int = 4):
+def tiny_whisper(decoder_layers: int = 4, encoder_layers: int = 2, seconds: int = 2):
+    """A random Whisper whose window is `seconds` long (50 encoder positions a second, as Whisper)."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    config = WhisperConfig(vocab_size=300, num_mel_bins=16, encoder_layers=2, decoder_layers=decoder_layers,
+    config = WhisperConfig(vocab_size=300, num_mel_bins=16, encoder_layers=encoder_layers,
+                           decoder_layers=decoder_layers,
                            d_model=32, encoder_attention_heads=2, decoder_attention_heads=2,
-                           encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=20,
+                           encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=50 * seconds,
                            max_target_positions=32, pad_token_id=0, decoder_start_token_id=1,
                            eos_token_id=2, bos_token_id=1)
     torch.manual_seed(0)
@@ -23,7 +28,8 @@ def tiny_whisper(decoder_layers: int = 4):
 
 def test_student_keeps_encoder_and_first_last_decoder_layers():
     teacher = tiny_whisper(4)
-    student, keep = speech.whisper_student(teacher, 2)
+    student, facts = speech.whisper_student(teacher, 2)
+    keep = facts["decoder_layer_map"]
     assert keep == [0, 3]
     assert student.config.decoder_layers == 2
     t, s = teacher.state_dict(), student.state_dict()
@@ -35,21 +41,109 @@ def test_student_keeps_encoder_and_first_last_decoder_layers():
             assert torch.equal(s[f"model.decoder.layers.{new}.{name}"], t[f"model.decoder.layers.{old}.{name}"])
 
 
-def test_full_depth_student_computes_the_teacher():
+def test_full_depth_full_window_student_is_the_teacher():
+    from distill import losses
+
     teacher = tiny_whisper(3)
-    student, keep = speech.whisper_student(teacher, 3)
-    assert keep == [0, 1, 2]
-    feats = torch.randn(2, 16, 40)
+    student, facts = speech.whisper_student(teacher)  # every lever left at the teacher's value
+    assert facts["decoder_layer_map"] == [0, 1, 2] and facts["encoder_frames"] == 100
+    feats = torch.randn(2, 16, 200)
     dec = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 10]])
+    labels = torch.tensor([[5, 6, 7, 2], [8, 9, -100, -100]])
     with torch.no_grad():
         a = teacher(input_features=feats, decoder_input_ids=dec).logits
-        b = student.eval()(input_features=feats, decoder_input_ids=dec).logits
+        b = student(input_features=feats, decoder_input_ids=dec).logits
     torch.testing.assert_close(a, b)
+    assert losses.kd_loss(b, a, labels, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    top_ids, top_logp = losses.top_k_logprobs(a, 300)  # the cache's form, every token kept
+    assert losses.sparse_kd_loss(b, top_ids, top_logp, labels).item() == pytest.approx(0.0, abs=1e-5)
 
 
-def test_student_deeper_than_teacher_is_an_error():
-    with pytest.raises(DistillError, match="exceeds the teacher's 2"):
-        speech.whisper_student(tiny_whisper(2), 3)
+def test_encoder_cut_keeps_first_and_last_encoder_layers():
+    teacher = tiny_whisper(2, encoder_layers=4)
+    student, facts = speech.whisper_student(teacher, encoder_layers=2)
+    assert facts["encoder_layer_map"] == [0, 3] and student.config.encoder_layers == 2
+    t, s = teacher.state_dict(), student.state_dict()
+    for new, old in enumerate([0, 3]):
+        for name in ("self_attn.k_proj.weight", "fc1.weight", "final_layer_norm.bias"):
+            assert torch.equal(s[f"model.encoder.layers.{new}.{name}"], t[f"model.encoder.layers.{old}.{name}"])
+    assert torch.equal(s["model.encoder.layer_norm.weight"], t["model.encoder.layer_norm.weight"])
+
+
+def test_window_cut_slices_the_teachers_positional_table_and_saves_hf_native(tmp_path):
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    teacher = tiny_whisper(2, seconds=2)
+    student, facts = speech.whisper_student(teacher, window_seconds=1)
+    assert facts["encoder_frames"] == 50 and student.config.max_source_positions == 50
+    table = teacher.model.encoder.embed_positions.weight
+    assert torch.equal(student.model.encoder.embed_positions.weight, table[:50])
+    with torch.no_grad():  # the student runs on 1-s features (100 mel frames), the teacher would refuse them
+        student(input_features=torch.randn(1, 16, 100), decoder_input_ids=torch.tensor([[1, 5]]))
+    fe = WhisperFeatureExtractor(feature_size=16, chunk_length=2)
+    processor = SimpleNamespace(feature_extractor=fe)
+    cut = speech.student_processor(processor, 1).feature_extractor
+    assert fe.chunk_length == 2  # the teacher's processor is left alone
+    student.save_pretrained(tmp_path)
+    cut.save_pretrained(tmp_path)
+    again = WhisperFeatureExtractor.from_pretrained(tmp_path)  # plain transformers, no custom code
+    assert (again.chunk_length, again.n_samples, again.nb_max_frames) == (1, 16000, 100)
+    assert again([torch.zeros(24000).numpy()], sampling_rate=16000, return_tensors="pt").input_features.shape[-1] == 100
+    loaded = WhisperForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(loaded.model.encoder.embed_positions.weight, table[:50])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"decoder_layers": 3}, "decoder_layers=3 exceeds the teacher's 2"),
+    ({"encoder_layers": 3}, "encoder_layers=3 exceeds the teacher's 2"),
+    ({"window_seconds": 3}, "window_seconds=3 exceeds the teacher's 2 s window"),
+])
+def test_a_lever_that_grows_the_teacher_is_an_error(kwargs, message):
+    with pytest.raises(DistillError, match=message):
+        speech.whisper_student(tiny_whisper(2), **kwargs)
+
+
+def test_validate_rejects_levers_beyond_the_teacher(tmp_path):
+    """`distill validate` reads the teacher's config.json (no torch) and names the bad lever."""
+    from distill import gate
+    from distill.recipe import load as load_recipe
+
+    tiny_whisper(2).save_pretrained(tmp_path / "teacher")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""name: r
+stages:
+  - kind: distill-asr
+    teacher: {tmp_path / 'teacher'}
+    student: {{window_seconds: 5}}
+    data: {{source: x.jsonl}}
+""")
+    with pytest.raises(DistillError, match="stages.0 .*window_seconds=5 exceeds the teacher's 2 s"):
+        gate.check_recipe(load_recipe(recipe, []))
+    gate.check_recipe(load_recipe(recipe, ["stages.0.student.window_seconds=1"]))
+    with pytest.raises(DistillError, match="decoder_layers=4 exceeds the teacher's 2"):
+        gate.check_recipe(load_recipe(recipe, ["stages.0.student.window_seconds=1",
+                                               "stages.0.student.decoder_layers=4"]))
+
+
+def test_decode_skips_and_counts_bad_audio_and_resamples(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "ok.wav", np.full(16000, 0.1, dtype=np.float32), 16000)
+    sf.write(tmp_path / "8k.wav", np.sin(np.arange(8000) / 5).astype(np.float32) * 0.5, 8000)
+    sf.write(tmp_path / "silent.wav", np.zeros(16000, dtype=np.float32), 16000)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not a wave")
+    utts = [speech.Utterance(n, str(tmp_path / f"{n}.wav"), "words") for n in ("ok", "8k", "silent", "broken")]
+    kept, counts = speech.decode(utts, 30.0)
+    assert [u.id for u in kept] == ["ok", "8k", "silent"]
+    assert counts == {"decode_error": 1, "too_long": 0, "resampled": 1, "silent": 1}
+    assert kept[1].duration == pytest.approx(1.0, abs=1e-3)  # 8,000 samples at 8 kHz = 1 s at 16 kHz
+    with pytest.raises(DistillError, match="no training utterance could be decoded"):
+        speech.decode(utts[3:], 30.0)
+
+
+def test_empty_rate_counts_empty_labels_for_spoken_references():
+    assert speech.empty_rate(["", " hi", "", ""], ["a b", "hi", "", "c"]) == (2, 3)
 
 
 def test_pad_labels_marks_padding_ignored():
