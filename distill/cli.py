@@ -22,6 +22,7 @@ examples:
   distill run --resume runs/<run_id>                finish an interrupted run
   distill plan recipes/moe/qwen3-30b-a3b-to-1.7b.yaml  memory estimate before a run
   distill eval asset:whisper-base --suite asr-en    evaluate any model or artifact
+  distill transcribe asset:whisper-base talk.wav    text (or --json with timings) from any speech model
   distill report                                    rebuild results/README.md + index.html from the records
   distill assets install --all                      fetch and convert the offline models and data
   distill ls                                        stage kinds, losses, suites, assets
@@ -69,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--threads", type=int)
+
+    tr = sub.add_parser("transcribe", help="transcribe audio files with any speech model or export",
+                        description="Transcribe audio with any model `distill eval` can load (HF Whisper, "
+                        "quantized, ONNX, CTranslate2, Qwen3-ASR, asset:<id>): batch 1, greedy, through "
+                        "the evaluation adapters. Audio longer than the model's window is transcribed "
+                        "window by window.")
+    tr.add_argument("model", help="artifact dir, asset:<id>, HF directory or hub id")
+    tr.add_argument("audio", nargs="+", help="audio files (any sample rate; resampled to 16 kHz)")
+    tr.add_argument("--language", default="en", help="language code or name forced in decoding (default en)")
+    tr.add_argument("--context", help="text context (names, domain words): Whisper's prompt or "
+                    "Qwen3-ASR's system turn")
+    tr.add_argument("--json", action="store_true", dest="json_", help="print JSON with timings and conditions")
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--threads", type=int)
 
     rep = sub.add_parser("report", help="regenerate results/README.md, index.html and plots from the records")
     rep.add_argument("--results-dir", default="results", type=Path)
@@ -139,6 +154,22 @@ def _eval(args) -> int:
     return 0
 
 
+def _transcribe(args) -> int:
+    import json
+
+    from distill.transcribe import summary, transcribe_files
+
+    result = transcribe_files(args.model, args.audio, language=args.language, context=args.context,
+                              device=args.device, threads=args.threads)
+    if args.json_:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    for item in result["files"]:
+        print(f"{item['audio']}: {item['text']}" if len(result["files"]) > 1 else item["text"])
+    print(summary(result), file=sys.stderr)
+    return 0
+
+
 def _report(args) -> int:
     from distill.evaluation.report import write_report
 
@@ -176,7 +207,8 @@ def _ls(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "validate": _validate, "plan": _plan, "eval": _eval, "report": _report,
+COMMANDS = {"run": _run, "validate": _validate, "plan": _plan, "eval": _eval, "transcribe": _transcribe,
+            "report": _report,
             "assets": _assets, "ls": _ls}
 
 

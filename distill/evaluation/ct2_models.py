@@ -24,6 +24,25 @@ MAX_TARGET_POSITIONS = 448  # Whisper's decoder positions: prompt + generated to
 SECONDS_PER_TIMESTAMP = 0.02
 
 
+def whisper_language_token(tokenizer, multilingual: bool, language: str) -> int | None:
+    """Token id forcing `language` (code or English name) in a Whisper tokenizer; None for
+    English-only models (which take no language token). Unknown languages are a DistillError
+    here, before any audio is decoded (transformers would raise a ValueError mid-generate)."""
+    if not multilingual:
+        if language.lower() not in ("en", "english"):
+            raise DistillError(f"this English-only model cannot transcribe language '{language}'",
+                               "use a multilingual model, or language en")
+        return None
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+    tok_id = tokenizer.convert_tokens_to_ids(f"<|{code}|>")
+    if tok_id is None or tok_id in (tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>")):
+        raise DistillError(f"unknown language '{language}' for this Whisper model",
+                           "use a Whisper language code such as en, de, fr, zh, ja")
+    return tok_id
+
+
 def _max_length(prompt_len: int, new_tokens: int) -> int:
     """CT2's Whisper `max_length` for `new_tokens` generated tokens after a prompt.
 
@@ -59,21 +78,12 @@ class CT2Whisper:
     def window_samples(self) -> int:
         return int(self.processor.feature_extractor.n_samples)
 
-    def language_token(self, language: str) -> int | None:
-        """Token id forcing `language` (code or English name); None for English-only models."""
-        if not self.multilingual:
-            if language.lower() not in ("en", "english"):
-                raise DistillError(f"this English-only model cannot transcribe language '{language}'",
-                                   "use a multilingual model, or --language en")
-            return None
-        from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+    @property
+    def max_audio_seconds(self) -> float:
+        return self.window_samples / SAMPLE_RATE
 
-        code = TO_LANGUAGE_CODE.get(language.lower(), language.lower())
-        tok_id = self.processor.tokenizer.convert_tokens_to_ids(f"<|{code}|>")
-        if tok_id is None or tok_id == self.processor.tokenizer.unk_token_id or tok_id == self._ids["<|endoftext|>"]:
-            raise DistillError(f"unknown language '{language}' for this Whisper model",
-                               "use a Whisper language code such as en, de, fr, zh, ja")
-        return tok_id
+    def language_token(self, language: str) -> int | None:
+        return whisper_language_token(self.processor.tokenizer, self.multilingual, language)
 
     def prompt(self, language: str, context: str | None, timestamps: bool) -> list[int]:
         """[<|startofprev|> context] <|startoftranscript|> [<|lang|> <|transcribe|>] [<|notimestamps|>]."""
@@ -103,11 +113,16 @@ class CT2Whisper:
         return self.processor.tokenizer.decode(text, skip_special_tokens=True)
 
     def transcribe(self, audios: list, language: str = "en", sampling_rate: int = SAMPLE_RATE,
-                   context: str | None = None) -> list[str]:
+                   context: str | None = None, long_audio: str = "chunk") -> list[str]:
         """audios: B float32 mono arrays at 16 kHz -> B raw texts. `context` is Whisper's prompt
-        (previous text / vocabulary), fed as <|startofprev|> tokens before the transcript."""
+        (previous text / vocabulary), fed as <|startofprev|> tokens before the transcript;
+        long_audio: `chunk` slides the window over longer audio, `error` refuses it."""
         if sampling_rate != SAMPLE_RATE:
             raise DistillError(f"audio at {sampling_rate} Hz", "resample to 16 kHz (distill's load_audio does)")
+        longest = max(len(a) for a in audios) / SAMPLE_RATE
+        if long_audio == "error" and longest > self.max_audio_seconds:
+            raise DistillError(f"audio of {longest:.1f} s exceeds this Whisper's {self.max_audio_seconds:g} s "
+                               "window and long_audio is 'error'", "set long_audio: chunk or cut the audio")
         out: list[str | None] = [None] * len(audios)
         short = [i for i, a in enumerate(audios) if len(a) <= self.window_samples]
         if short:
