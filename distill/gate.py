@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 TASK_MODALITY = {"multiple_choice": "lm", "perplexity": "lm", "asr": "asr"}
 SPEECH_MODEL_TYPES = ("whisper", "qwen3_asr")
 PERCENT_METRICS = ("wer", "wer_ortho", "cer", "acc", "acc_macro")  # stored as fractions
+LOGPROB_DRIFT = "max_abs_logprob_diff"  # LMs on a perplexity task: max |delta log p| per token
 ONNX_EXPORTABLE = {  # model_type -> why not, for the types optimum-onnx cannot export here
     "qwen3_asr": "optimum-onnx 0.1.0 has no ONNX config for Qwen3-ASR (qwen3_asr)",
 }
@@ -185,9 +186,17 @@ def check_gate(where: str, gate, modality: str | None) -> None:
         task = load_task(gate.task)
     except DistillError as exc:
         raise DistillError(f"{where}.gate: {exc.problem}", exc.fix) from None
-    if gate.metric is not None and gate.metric not in task.metrics:
+    if gate.metric == LOGPROB_DRIFT:
+        if task.type != "perplexity":
+            raise DistillError(f"{where}.gate: {LOGPROB_DRIFT} compares token log-probs on a "
+                               f"perplexity task; '{gate.task}' is {task.type}",
+                               "use e.g. task: text-en-ppl (or smoke-ppl)")
+        if gate.unit != "abs":
+            raise DistillError(f"{where}.gate: {LOGPROB_DRIFT} is an absolute difference",
+                               "set unit: abs")
+    elif gate.metric is not None and gate.metric not in task.metrics:
         raise DistillError(f"{where}.gate: task '{gate.task}' has no metric '{gate.metric}'",
-                           f"use one of: {', '.join(task.metrics)}")
+                           f"use one of: {', '.join([*task.metrics, LOGPROB_DRIFT] if task.type == 'perplexity' else task.metrics)}")
     task_modality = TASK_MODALITY[task.type]
     if modality is not None and modality != task_modality:
         raise DistillError(f"{where}.gate: task '{gate.task}' scores {task_modality} models but this "
@@ -231,8 +240,35 @@ def _score(path: str, gate, ctx, artifact_id: str, cache: bool, manifest=None) -
     return found
 
 
+def _logprob_drift(gate, source, result, ctx) -> dict[str, Any]:
+    """Max |delta log p| over every token position of the gate's documents (input's cached)."""
+    from distill.evaluation.harness import task_token_logprobs
+
+    where = _cache_path(ctx, source.artifact_id, gate).with_suffix(".logprobs.json")
+    if where.is_file():
+        src = json.loads(where.read_text())
+    else:
+        src = task_token_logprobs(str(source.path), gate.task, gate.limit, device=ctx.device)
+        from distill.artifacts import write_json_atomic
+
+        where.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(where, {"logprobs": src})
+        src = {"logprobs": src}
+    out = task_token_logprobs(str(result.path), gate.task, gate.limit, device=ctx.device, manifest=result)
+    diffs = [abs(a - b) for xs, ys in zip(src["logprobs"], out) for a, b in zip(xs, ys)]
+    worst = max(diffs) if diffs else 0.0
+    return {"status": "passed" if worst <= gate.tolerance else "failed", "task": gate.task,
+            "metric": LOGPROB_DRIFT, "higher_is_better": False, "limit": gate.limit, "n": len(diffs),
+            "source": {"artifact": source.artifact_id, "value": 0.0},
+            "result": {"artifact": result.artifact_id, "value": worst,
+                       "mean_abs_logprob_diff": sum(diffs) / max(1, len(diffs))},
+            "drift": round(worst, 6), "tolerance": gate.tolerance, "unit": gate.unit}
+
+
 def evaluate(gate, source, result, ctx) -> dict[str, Any]:
     """Score input and output (Artifacts) on the gate's task; the comparison for the manifest."""
+    if gate.metric == LOGPROB_DRIFT:
+        return _logprob_drift(gate, source, result, ctx)
     src = _score(str(source.path), gate, ctx, source.artifact_id, cache=True)
     out = _score(str(result.path), gate, ctx, result.artifact_id, cache=False, manifest=result)
     metric = gate.metric or src["metric_order"][0]

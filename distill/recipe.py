@@ -376,7 +376,8 @@ class GateSpec(Spec):
     task: str = Field(description="evaluation task (eval/tasks), e.g. asterisk-en, mmlu-mini-0shot, "
                       "text-en-ppl; its modality must match the model's")
     metric: str | None = Field(None, description="one of the task's metrics (default: its first: "
-                               "wer, acc or perplexity)")
+                               "wer, acc or perplexity), or max_abs_logprob_diff (LMs, perplexity "
+                               "task: largest per-token |delta log p| between input and output)")
     tolerance: float = Field(ge=0, description="largest allowed drift towards worse: percentage "
                              "points for wer/cer/acc, the metric's units otherwise (unit: abs), or "
                              "percent of the input's value (unit: rel)")

@@ -184,3 +184,28 @@ def score_task(model: str, task: str, limit: int | None = None, *, device: str =
             "higher_is_better": {m["metric"]: m["higher_is_better"] for m in found},
             "metric_order": [m["metric"] for m in found], "backend": adapter.backend,
             "dtype": adapter.dtype}
+
+
+def task_token_logprobs(model: str, task: str, limit: int | None = None, *, device: str = "cpu",
+                        manifest=None, max_tokens: int = 128, batch_size: int = 4) -> list[list[float]]:
+    """Per-token log-probs of a language model on a perplexity task's (spread) documents, each cut
+    to its first `max_tokens` tokens: what a logit-drift gate compares position by position."""
+    spec = load_task(task)
+    if spec.type != "perplexity":
+        raise DistillError(f"task '{task}' is {spec.type}; token log-probs need a perplexity task",
+                           "use e.g. text-en-ppl or smoke-ppl")
+    ref = resolve_model(model)
+    if manifest is not None:
+        ref.adapter, ref.manifest = manifest.adapter, manifest
+    rows = limit_rows(task_rows(spec), limit, spec.name)
+    adapter = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
+    if adapter.modality != "lm":
+        raise DistillError(f"'{model}' is an {adapter.modality} model; token log-probs need a language model",
+                           "gate speech models on an ASR task")
+    seqs = [adapter.tokenizer(str(r[spec.text_field]), add_special_tokens=False)["input_ids"][:max_tokens]
+            for r in rows]
+    seqs = [s for s in seqs if len(s) > 1]
+    out: list[list[float]] = []
+    for i in range(0, len(seqs), batch_size):
+        out.extend(t.tolist() for t in adapter.token_logprobs(seqs[i:i + batch_size]))
+    return out

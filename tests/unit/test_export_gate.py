@@ -51,6 +51,15 @@ def test_gate_metric_must_be_one_of_the_tasks(tmp_path):
         recipe.check_references(r)
 
 
+def test_logprob_drift_needs_a_perplexity_task(tmp_path):
+    model = tiny_llama(tmp_path / "lm")
+    r = build([{"kind": "export", "model": str(model),
+                "gate": {"task": "mmlu-mini-0shot", "metric": gate.LOGPROB_DRIFT, "tolerance": 0.1}}],
+              tmp_path)
+    with pytest.raises(DistillError, match="compares token log-probs on a perplexity task"):
+        recipe.check_references(r)
+
+
 def test_quantizing_an_already_quantized_stage_output_is_refused_at_validate(tmp_path):
     model = tiny_llama(tmp_path / "lm")
     r = build([{"name": "int8", "kind": "quantize", "model": str(model), "method": "torch-dynamic-int8"},
@@ -136,6 +145,12 @@ def test_gate_passes_on_an_identical_model_and_fails_on_a_perturbed_one(tmp_path
     with pytest.raises(gate.GateFailed, match="gate failed: smoke-ppl perplexity") as err:
         gate.enforce(bad, noisy)
     assert err.value.exit_code == 3
+    # per-token log-prob drift: exactly 0 for the same weights, large for the perturbed ones
+    spec = recipe.GateSpec(task="smoke-ppl", metric=gate.LOGPROB_DRIFT, tolerance=0.0, limit=2)
+    assert gate.evaluate(spec, _art(src, "src"), _art(same, "same"), ctx)["status"] == "passed"
+    spec = recipe.GateSpec(task="smoke-ppl", metric=gate.LOGPROB_DRIFT, tolerance=0.5, limit=2)
+    drifted = gate.evaluate(spec, _art(src, "src"), _art(noisy, "noisy"), ctx)
+    assert drifted["status"] == "failed" and drifted["result"]["value"] > 0.5 and drifted["n"] > 100
 
 
 # -------------------------------------------------------------- the tiny edge pipeline end to end
