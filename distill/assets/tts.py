@@ -288,7 +288,7 @@ def build_extra_train(out_dir: Path, deb_roots: dict[str, Path], exclude_texts: 
         bank = noise_bank(engines.sox, deb_roots["asterisk-moh-opsound-wav"], env, tmp)
         for j, snr in enumerate(snrs_db):
             rows += noisy_copies(rows[j:n:len(snrs_db)], bank, (snr,), seed + j)
-    _save(out_dir, rows, "en")
+    _save(out_dir, rows, "en", splits=("train",))  # an empty split would not load back
     return _write_info(out_dir, "en", seed, n, rows, time.perf_counter() - started, snrs_db)
 
 
@@ -356,7 +356,7 @@ def _row(p: Planned, audio_dir: Path, duration: float, voice: Voice, lang: str) 
     return row
 
 
-def _save(out_dir: Path, rows: list[dict], lang: str) -> None:
+def _save(out_dir: Path, rows: list[dict], lang: str, splits: tuple[str, ...] = ("train", "dev", "test")) -> None:
     from datasets import Dataset, DatasetDict, Features, Value
 
     spec = {
@@ -368,14 +368,14 @@ def _save(out_dir: Path, rows: list[dict], lang: str) -> None:
     if lang == "cmn":
         spec["pinyin"] = "string"
     features = Features({k: Value(v) for k, v in spec.items()})
-    splits = {}
-    for split in ("train", "dev", "test"):
+    out = {}
+    for split in splits:
         chosen = [r for r in rows if r["split"] == split]
         if chosen or lang == "en":
-            splits[split] = Dataset.from_dict({k: [r[k] for r in chosen] for k in spec}, features=features)
+            out[split] = Dataset.from_dict({k: [r[k] for r in chosen] for k in spec}, features=features)
     from distill.assets import DATA_DIR
 
-    DatasetDict(splits).save_to_disk(str(out_dir / DATA_DIR))
+    DatasetDict(out).save_to_disk(str(out_dir / DATA_DIR))
 
 
 def _write_info(out_dir: Path, lang: str, seed: int, n: int, rows: list[dict], seconds: float,
