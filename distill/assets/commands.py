@@ -41,7 +41,7 @@ def list_table() -> str:
 
 
 def install(ids: list[str], all_: bool = False) -> None:
-    """Install the named assets (or all); idempotent: installed ones are skipped without work."""
+    """Install the named assets (or all but the on-demand ones); idempotent: installed ones are skipped."""
     from tqdm import tqdm
 
     from distill.assets.store import install_one
@@ -50,7 +50,7 @@ def install(ids: list[str], all_: bool = False) -> None:
         raise DistillError("give asset ids or --all, not both", "drop the ids or drop --all")
     if not all_ and not ids:
         raise DistillError("no asset ids given", f"name some ({', '.join(ASSETS)}) or pass --all")
-    targets = list(ASSETS) if all_ else ids
+    targets = [a for a, entry in ASSETS.items() if not entry.on_demand] if all_ else ids
     for asset_id in targets:
         spec(asset_id)  # reject a typo before downloading anything
     from distill.assets.store import check_cache_writable

@@ -44,3 +44,39 @@ def test_tiny_asr_twin_produces_a_working_student(tmp_path):
                                         return_tensors="pt").input_features
     text = processor.batch_decode(model.generate(feats, max_new_tokens=40), skip_special_tokens=True)[0]
     assert text.strip(), "the student collapsed to empty transcripts"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (installed("whisper-tiny.en") and installed("librivox-5")),
+                    reason="needs assets whisper-tiny.en and librivox-5 (make assets)")
+def test_tiny_levers_twin_ships_plain_hf_students_that_chunk_long_audio(tmp_path):
+    """Window and encoder-cut students: plain WhisperForConditionalGeneration + a processor whose
+    chunk_length is the window, loaded by from_pretrained; audio longer than the window goes
+    through long-form chunking in the eval adapter instead of being cut at 10 s."""
+    import json
+
+    import numpy as np
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from distill.evaluation.adapters import load_hf_whisper
+    from distill.speech import load_wave, read_utterances
+
+    result = runner.run(ROOT / "recipes/_tiny/asr-levers.yaml", [f"output_dir={tmp_path}"])
+    window, encoder = result.artifacts["window"], result.artifacts["encoder"]
+    assert window.extra["encoder_frames"] == 500 and encoder.extra["encoder_layer_map"] == [0, 3]
+    cache = window.extra["speech_cache"]
+    assert cache["window"]["items"] == cache["items"] == 4  # one teacher pass, shared by both stages
+    assert encoder.extra["speech_cache"]["dir"] == cache["dir"]
+    for art, enc_layers in ((window, 4), (encoder, 2)):
+        cfg = json.loads((art.path / "config.json").read_text())
+        assert cfg["architectures"] == ["WhisperForConditionalGeneration"] and cfg["max_source_positions"] == 500
+        assert cfg["encoder_layers"] == enc_layers and cfg["decoder_layers"] == 1
+        assert WhisperProcessor.from_pretrained(art.path).feature_extractor.n_samples == 160000
+        WhisperForConditionalGeneration.from_pretrained(art.path)
+    utts = read_utterances("asset:librivox-5", None, 5)
+    long_audio = np.concatenate([load_wave(u.audio_path)[0] for u in utts])  # 24.7 s
+    assert len(long_audio) > 20 * 16000
+    asr = load_hf_whisper(str(window.path))
+    text = asr.transcribe([long_audio], language="en")[0]
+    short = asr.transcribe([long_audio[: 9 * 16000]], language="en")[0]
+    assert len(text.split()) > 1.8 * len(short.split()) > 0, (text, short)
