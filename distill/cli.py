@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--threads", type=int)
+    ev.add_argument("--language", help="ASR: language forced in decoding, over the tasks' own (code, e.g. en)")
+    ev.add_argument("--context", help="ASR: text context, Whisper's prompt or Qwen3-ASR's system turn")
+    ev.add_argument("--long-audio", choices=["chunk", "error"], help="ASR: audio past the model's window: "
+                    "transcribe it in pieces (the tasks' default) or refuse it")
 
     tr = sub.add_parser("transcribe", help="transcribe audio files with any speech model or export",
                         description="Transcribe audio with any model `distill eval` can load (HF Whisper, "
@@ -149,7 +153,9 @@ def _eval(args) -> int:
 
     path = evaluate(args.model, args.suite, limit=args.limit, baseline=args.baseline,
                     results_dir=args.results_dir, device=args.device, batch_size=args.batch_size,
-                    threads=args.threads)
+                    threads=args.threads, asr_options={k: v for k, v in (
+                        ("language", args.language), ("context", args.context),
+                        ("long_audio", args.long_audio)) if v is not None})
     print(f"record written: {path}")
     return 0
 

@@ -163,13 +163,27 @@ class SpeechToText:
     multilingual: bool = False
     max_new_tokens: int = 128
 
-    def transcribe(self, audios: list, language: str = "en", sampling_rate: int = 16000) -> list[str]:
-        """audios: B float32 mono arrays at `sampling_rate` -> B raw (un-normalised) texts."""
+    @property
+    def max_audio_seconds(self) -> float:
+        return getattr(self.processor.feature_extractor, "chunk_length", 30)  # a cut student: < 30
+
+    def transcribe(self, audios: list, language: str = "en", sampling_rate: int = 16000,
+                   context: str | None = None, long_audio: str = "chunk") -> list[str]:
+        """audios: B float32 mono arrays at `sampling_rate` -> B raw (un-normalised) texts.
+
+        context: Whisper's prompt (previous-text tokens); long_audio: `chunk` decodes audio past
+        the window sequentially, `error` refuses it."""
         import torch
 
         kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False}
-        window_s = getattr(self.processor.feature_extractor, "chunk_length", 30)  # a cut student: < 30
-        if max(len(a) for a in audios) > window_s * sampling_rate:
+        window_s = self.max_audio_seconds
+        longest = max(len(a) for a in audios) / sampling_rate
+        if long_audio == "error" and longest > window_s:
+            raise DistillError(f"audio of {longest:.1f} s exceeds this Whisper's {window_s:g} s window and "
+                               "long_audio is 'error'", "set long_audio: chunk or cut the audio")
+        if context:  # <|startofprev|> + the text before <|startoftranscript|>; not part of the output
+            kwargs["prompt_ids"] = self.processor.get_prompt_ids(context.strip(), return_tensors="pt").to(self.device)
+        if longest > window_s:
             # Past the model's window: sequential long-form decoding (timestamps drive the
             # window shifts) instead of silently truncating the audio.
             feats = self.processor.feature_extractor(

@@ -60,7 +60,36 @@ def load_items(spec: AsrTask, rows: list[dict]) -> tuple[list[dict], list[dict]]
     return items, skipped
 
 
-def transcribe(asr, items: list[dict], batch_size: int, language: str, desc: str = "asr"):
+def options(spec: AsrTask, asr) -> dict:
+    """The task's transcription options as `transcribe` keywords (only those set, so adapters
+    without them keep working); checked before any audio is transcribed."""
+    import inspect
+
+    opts: dict = {}
+    accepted = inspect.signature(asr.transcribe).parameters
+    for key, value, default in (("context", spec.context, ""), ("long_audio", spec.long_audio, "chunk")):
+        if value == default:
+            continue
+        if key not in accepted:
+            raise DistillError(f"task '{spec.name}': {key} is not supported by this model's adapter "
+                               f"({type(asr).__name__}, backend {asr.backend})", f"remove {key} from the task")
+        opts[key] = value
+    return opts
+
+
+def check_lengths(spec: AsrTask, asr, items: list[dict]) -> None:
+    """long_audio: error refuses audio past the model's limit before anything is transcribed."""
+    limit = getattr(asr, "max_audio_seconds", None)
+    longest = max(it["seconds"] for it in items)
+    if spec.long_audio == "error" and limit is not None and longest > limit:
+        n = sum(it["seconds"] > limit for it in items)
+        raise DistillError(f"task '{spec.name}': {n} utterance(s) exceed the model's {limit:g} s limit "
+                           f"(longest {longest:.1f} s) and long_audio is 'error'",
+                           "set long_audio: chunk (task YAML or --long-audio chunk) to transcribe them in pieces")
+
+
+def transcribe(asr, items: list[dict], batch_size: int, language: str, desc: str = "asr",
+               opts: dict | None = None):
     """Length-sorted batches (longest first) -> (predictions in item order, per-batch timings)."""
     order = sorted(range(len(items)), key=lambda i: items[i]["seconds"], reverse=True)
     preds: list[str | None] = [None] * len(items)
@@ -68,7 +97,7 @@ def transcribe(asr, items: list[dict], batch_size: int, language: str, desc: str
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         idx = order[start: start + batch_size]
         t0 = time.perf_counter()
-        texts = asr.transcribe([items[i]["audio"] for i in idx], language=language)
+        texts = asr.transcribe([items[i]["audio"] for i in idx], language=language, **(opts or {}))
         timings.append((sum(items[i]["seconds"] for i in idx), time.perf_counter() - t0, len(idx)))
         for i, text in zip(idx, texts):
             preds[i] = text
@@ -78,12 +107,15 @@ def transcribe(asr, items: list[dict], batch_size: int, language: str, desc: str
 def run(spec: AsrTask, asr, rows: list[dict], batch_size: int):
     """-> (metric dicts, per-sample rows, timings)."""
     items, skipped = load_items(spec, rows)
-    preds, timings = transcribe(asr, items, batch_size, spec.language, desc=spec.name)
+    opts = options(spec, asr)
+    check_lengths(spec, asr, items)
+    preds, timings = transcribe(asr, items, batch_size, spec.language, desc=spec.name, opts=opts)
     refs = [it["reference"] for it in items]
     found, per_item = metrics.asr_task_scores(preds, refs, spec.normalizer, spec.metrics)
     samples = [{"id": it["id"], "prediction": pred, "reference": it["reference"],
                 "audio_s": round(it["seconds"], 4), **row} for it, pred, row in zip(items, preds, per_item)]
     samples.extend(skipped)
     for m in found:
-        m["extra"].update(n_decode_failed=len(skipped), language=spec.language)
+        m["extra"].update(n_decode_failed=len(skipped), language=spec.language, context=spec.context or None,
+                          long_audio=spec.long_audio)
     return found, samples, timings

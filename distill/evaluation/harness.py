@@ -8,6 +8,7 @@ interrupted or failed eval leaves the previous record (or none) untouched.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from distill.evaluation import inputs, mc, perplexity, results, throughput
 from distill.evaluation.adapters import ADAPTERS
 from distill.evaluation.data import limit_rows, task_rows
 from distill.evaluation.loading import ModelRef, count_params, resolve_model
-from distill.evaluation.tasks import EVAL_DIR, load_suite, load_task
+from distill.evaluation.tasks import EVAL_DIR, load_suite, load_task, with_options
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +85,13 @@ def _throughput(suite, adapter, rows: dict[str, list[dict]]) -> list[dict]:
 
 def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str | None = None,
              results_dir: Path = Path("results"), device: str = "cpu", batch_size: int | None = None,
-             threads: int | None = None) -> Path:
-    """Evaluate `model` on `suite`; write results_dir/<artifact id>.json + samples; return its path."""
+             threads: int | None = None, asr_options: dict | None = None) -> Path:
+    """Evaluate `model` on `suite`; write results_dir/<artifact id>.json + samples; return its path.
+    asr_options: transcription options (language, context, long_audio) over the ASR tasks' own."""
     started = time.perf_counter()
     inputs.check_args(model, batch_size, threads, results_dir)
     suite_spec = load_suite(suite)
-    tasks = [load_task(name) for name in suite_spec.tasks]
+    tasks = [with_options(load_task(name), asr_options) for name in suite_spec.tasks]
     ref = resolve_model(model)
     inputs.check_weight_files(ref.source, ref.kind)
     base_record = results.find_baseline(baseline, results_dir) if baseline else None
@@ -118,6 +120,8 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
                 suite_spec.name)
 
     when = _provenance(model, suite_spec, limit, device, batch, torch.get_num_threads())
+    for key, value in (asr_options or {}).items():  # the command that reproduces the record
+        when["commands"][suite_spec.name] += f" --{key.replace('_', '-')} {shlex.quote(str(value))}"
     when["load_avg_before"] = throughput.load_average()
     metrics_out, samples = [], []
     for spec in tasks:

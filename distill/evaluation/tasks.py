@@ -81,6 +81,12 @@ class AsrTask(_Task):
     text_field: str = "text"
     audio_field: str = "audio_path"
     language: str = "en"  # forced for multilingual models
+    # Text context: Whisper's prompt (<|startofprev|> tokens) or Qwen3-ASR's system turn; names
+    # and domain words the audio contains. Empty = none.
+    context: str = ""
+    # Audio longer than the model's window/limit: `chunk` = the model's long-form path (Whisper
+    # sequential 30-s windows, Qwen3-ASR cuts at quiet points past 20 min), `error` = refuse it.
+    long_audio: Literal["chunk", "error"] = "chunk"
     normalizer: Literal["english", "basic", "mandarin"] = "english"  # see metrics.normalize
     metrics: list[Literal["wer", "wer_ortho", "cer"]] = Field(default_factory=lambda: ["wer", "wer_ortho", "cer"])
 
@@ -174,6 +180,19 @@ def load_task(name: str, eval_dir: Path = EVAL_DIR):
     if spec.name != name:
         raise DistillError(f"task file '{name}.yaml' declares name '{spec.name}'", "make them equal")
     return spec
+
+
+def with_options(task, options: dict | None):
+    """An ASR task with transcription options (language, context, long_audio) put over its own,
+    validated like the YAML (e.g. from `distill eval --context ...`); other tasks unchanged."""
+    if not options or task.type != "asr":
+        return task
+    try:
+        return AsrTask.model_validate({**task.model_dump(), **options})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise DistillError(f"transcription option {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                           "use --long-audio chunk|error, a language code and a text --context") from None
 
 
 def load_suite(name: str, eval_dir: Path = EVAL_DIR) -> SuiteSpec:
