@@ -116,7 +116,7 @@ def memory_rows(stage, teacher: SpeechShape, student: SpeechShape, compute_bytes
     if not stage.freeze_encoder:
         s_act += student.encoder_layers * batch * audio * student.encoder_width * 34 * act
         s_act += batch * seconds * CONV_ELEMS_PER_S * 2 * compute_bytes
-    t_act = 2 * tokens * teacher.decoder_width * 20 * act
+    t_act = 2 * tokens * teacher.decoder_width * 20 * t_bytes / 2  # the teacher computes in its dtype
     if hid.decoder_layers:
         t_act += (teacher.decoder_layers + 1) * tokens * teacher.decoder_width * t_bytes
     n_utts = stage.data.max_items or NOMINAL_UTTERANCES
@@ -132,7 +132,9 @@ def memory_rows(stage, teacher: SpeechShape, student: SpeechShape, compute_bytes
             (f"teacher weights ({stage.teacher.dtype})", teacher.params * t_bytes, True),
             ("teacher activations (no_grad)", t_act, False),
             (f"cached audio embeddings ({n_utts}{'' if stage.data.max_items else '?'} utterances)", cache, False),
-            ("logits, chunked", chunk * teacher.vocab * 4 * 5, False)]
+            ("logits, chunked", chunk * teacher.vocab * 4 * 5, False),
+            # The fused loss builds the head's gradient itself, then hands it back scaled: 2 copies.
+            ("output-head gradient in the loss", 2 * student.vocab * student.decoder_width * s_bytes, False)]
     return rows
 
 
@@ -162,9 +164,9 @@ def stage_lines(stage, name: str, dirs: dict, device_gib: float, device_counts, 
     verdicts = [f"{n} device(s): {'fits' if totals[n] / GIB <= device_gib * 0.9 else 'does NOT fit'}"
                 for n in device_counts]
     out.append(f"  verdict vs {device_gib:.0f} GiB/device (90 % usable): " + "; ".join(verdicts))
-    if host_gib is not None:  # CPU: the same step in fp32 compute against this machine's RAM
-        cpu_total = sum(b for _, b, _ in memory_rows(stage, teacher, student, 4))
-        out.append(f"  on this CPU (fp32 compute): {cpu_total / GIB:.2f} GiB + the Python runtime vs "
+    if host_gib is not None:  # CPU: no autocast, against this machine's RAM
+        cpu_total = sum(b for _, b, _ in memory_rows(stage, teacher, student, cpu_compute_bytes(stage)))
+        out.append(f"  on this CPU (no autocast): {cpu_total / GIB:.2f} GiB + the Python runtime vs "
                    f"{host_gib:.1f} GiB available now: {'fits' if cpu_total / GIB <= host_gib * 0.9 else 'does NOT fit'}")
     return out
 
@@ -183,8 +185,15 @@ def table(out: list[str], rows, device_counts) -> dict[int, float]:
     return totals
 
 
-def estimate_bytes(stage, compute_bytes: int = 4) -> tuple[int, SpeechShape, SpeechShape]:
-    """Total bytes of one device's training state for a stage (for benches choosing a variant)."""
+def cpu_compute_bytes(stage) -> int:
+    """On CPU there is no autocast: the student computes in its own dtype."""
+    return DTYPE_BYTES[stage.student.model.dtype if stage.student.model is not None else "float32"]
+
+
+def estimate_bytes(stage, compute_bytes: int | None = None) -> tuple[int, SpeechShape, SpeechShape]:
+    """Total bytes of one device's training state for a stage (for benches choosing a variant);
+    compute_bytes None = this CPU's (the student's dtype)."""
+    compute_bytes = compute_bytes or cpu_compute_bytes(stage)
     t_cfg = config_dict(stage.teacher, {})
     s_cfg, layers = student_config(stage, t_cfg, {})
     teacher, student = shape_of(t_cfg), shape_of(s_cfg, layers)
