@@ -118,6 +118,24 @@ def test_full_copy_student_has_zero_kd_and_hidden_loss(tmp_path, teacher_dir, ma
     assert first["ce"] > 0  # the labels are the teacher's greedy picks, not certainties
 
 
+def test_checkpoint_student_with_frozen_encoder_keeps_it_and_trains_the_decoder(tmp_path, teacher_dir, manifest):
+    """init model = a given checkpoint (here the teacher's own weights: KD starts at 0);
+    freeze_encoder leaves the audio encoder bit-identical while the decoder moves."""
+    from safetensors.torch import load_file
+
+    result = _run(tmp_path, teacher_dir, manifest, "stages.0.student.init=model",
+                  f"stages.0.student.model={teacher_dir}", "stages.0.freeze_encoder=true",
+                  "stages.0.hidden={}", "stages.0.loss.hidden_weight=0", "stages.0.train.steps=2",
+                  "stages.0.train.lr=0.01", "stages.0.data.max_items=2")
+    assert _metrics(result)[0]["kd"] == pytest.approx(0.0, abs=1e-6)
+    before = load_file(teacher_dir / "model.safetensors")
+    after = load_file(result.artifacts["distill"].path / "model.safetensors")
+    enc = [k for k in before if ".audio_tower." in k]
+    dec = [k for k in before if ".model.layers." in k]
+    assert enc and all((before[k] == after[k]).all() for k in enc)
+    assert any((before[k] != after[k]).any() for k in dec)
+
+
 def test_pseudo_label_cache_resumes_and_refuses_another_teacher(tmp_path):
     calls = []
 

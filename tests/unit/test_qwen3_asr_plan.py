@@ -21,6 +21,7 @@ def _total(report: str, column: int = 0) -> float:
     return float(line.split()[1 + column])
 
 
+@pytest.mark.slow  # five meta-device plans of 2B/0.8B models: ~40 s on a busy 2-core machine
 def test_real_shapes_match_published_totals_and_memory_follows_batch_and_audio(monkeypatch):
     monkeypatch.chdir(ROOT)
     report = plan(RECIPE, SHAPES)
