@@ -6,8 +6,7 @@ run killed mid-write never leaves a directory that looks complete: readers check
 
 Manifest fields (schema_version 1):
   artifact_id     stable id, e.g. "<run_id>/<stage_name>" or "asset/<asset id>"
-  kind            what the weights are: hf-causal-lm | hf-whisper | qwen3-asr | peft-adapter |
-                  bnb | torch-dynamic-quant | onnx
+  kind            what the weights are: an ArtifactKind value (below)
   adapter         which evaluation adapter loads it (evaluation/adapters.py registry key)
   lineage         list of parent artifact ids, nearest first (teacher/base models included)
   stage           the stage spec that produced it (a dict), or null for imported models
@@ -26,6 +25,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 
 from distill.errors import DistillError
@@ -34,13 +34,43 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 
 
+class ArtifactKind(StrEnum):
+    """What an artifact's files are. A StrEnum: manifests keep the plain string, and every
+    Artifact is checked against this list when it is made or read (a typo fails at once)."""
+
+    HF_CAUSAL_LM = "hf-causal-lm"
+    HF_WHISPER = "hf-whisper"
+    QWEN3_ASR = "qwen3-asr"
+    PEFT_ADAPTER = "peft-adapter"
+    BNB = "bnb"
+    TORCH_DYNAMIC_QUANT = "torch-dynamic-quant"
+    ONNX = "onnx"
+    CT2 = "ct2"
+
+
+def artifact_kind(value: str, where: str = "artifact") -> ArtifactKind:
+    try:
+        return ArtifactKind(value)
+    except ValueError:
+        raise DistillError(f"{where}: unknown artifact kind '{value}'",
+                           f"use one of {', '.join(k.value for k in ArtifactKind)}") from None
+
+
+# HF config `model_type` -> the kind of a plain model directory of that type (else a causal LM).
+SPEECH_KINDS = {"whisper": ArtifactKind.HF_WHISPER, "qwen3_asr": ArtifactKind.QWEN3_ASR}
+
+
+def kind_for_model_type(model_type: str | None) -> ArtifactKind:
+    return SPEECH_KINDS.get(model_type or "", ArtifactKind.HF_CAUSAL_LM)
+
+
 @dataclass
 class Artifact:
     """An artifact on disk: its directory plus the manifest fields."""
 
     path: Path
     artifact_id: str
-    kind: str
+    kind: ArtifactKind  # a plain string is accepted and checked (__post_init__)
     adapter: str
     lineage: list[str] = field(default_factory=list)
     stage: dict | None = None
@@ -52,9 +82,13 @@ class Artifact:
     extra: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self):
+        self.kind = artifact_kind(self.kind, f"artifact '{self.artifact_id}'")
+
     def manifest(self) -> dict:
         data = asdict(self)
         data.pop("path")
+        data["kind"] = str(self.kind)
         return data
 
 

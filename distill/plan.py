@@ -88,19 +88,19 @@ def shape_of(name: str, config) -> ModelShape:
 
 def student_config(stage, teacher_cfg, dirs):
     """The student's config as the stage would build it (layer map / merge / own config)."""
-    from distill import students
+    from distill import pruning, students
 
     spec = stage.student
     if spec.init in ("config", "model"):
         return _config_for(spec.model, dirs)
     layers = students.resolve_layers(spec, teacher_cfg.num_hidden_layers)
     if spec.init == "layer_map":
-        return students._with_layers(teacher_cfg, layers)
+        return pruning.with_layers(teacher_cfg, layers)
     if teacher_cfg.model_type not in students.MOE_FAMILIES:
         raise DistillError(f"plan: init moe_merge needs a MoE teacher, got '{teacher_cfg.model_type}'",
                            "use init: layer_map")
     width = teacher_cfg.moe_intermediate_size * (spec.merge_top_k if spec.merge == "top_k" else 1)
-    return students._with_layers(students.dense_config(teacher_cfg, width), layers)
+    return pruning.with_layers(students.dense_config(teacher_cfg, width), layers)
 
 
 def _gib(n: float) -> str:
@@ -178,7 +178,8 @@ def plan(recipe_path: str, overrides: list[str]) -> str:
     dirs: dict[str, object] = {}
     for i, stage in enumerate(r.stages):
         name = recipe_mod.stage_name(i, stage)
-        if stage.kind == "distill":
+        # Dispatch on the schema classes (recipe.STAGE_CLASSES): the one place a stage kind exists.
+        if isinstance(stage, recipe_mod.DistillStage):
             t_cfg = _config_for(stage.teacher, dirs)
             s_cfg = student_config(stage, t_cfg, dirs)
             teacher, student = shape_of("teacher", t_cfg), shape_of("student", s_cfg)
@@ -191,7 +192,7 @@ def plan(recipe_path: str, overrides: list[str]) -> str:
                 out.append("  warning: the student is larger than the teacher")
             out.extend(stage_plan(stage, teacher, student, device_gib, cuda))
             dirs[name] = s_cfg
-        elif stage.kind == "train":
+        elif isinstance(stage, recipe_mod.TrainStage):
             cfg = _config_for(stage.model, dirs)
             m = shape_of("model", cfg)
             out.append(f"\nstage {name} (train): {m.config.model_type} {m.params / 1e6:.1f}M params "

@@ -76,9 +76,7 @@ def final_hidden(model, input_ids: torch.Tensor, all_layers: bool = False):
 
 
 # ------------------------------------------------------------------------------------ layer map
-# The layer map is depth pruning: its home is distill.pruning; these names keep callers working.
-_with_layers = with_layers
-_renumbered_state = renumbered_state
+# The layer map is depth pruning: its home is distill.pruning (with_layers, renumbered_state).
 
 
 def resolve_layers(spec: StudentSpec, n_teacher: int) -> list[int]:
@@ -185,13 +183,13 @@ def moe_to_dense(teacher, method: str = "frequency", frequencies: torch.Tensor |
         weights = weights * n_teacher
     expert_width = getattr(teacher.config, "moe_intermediate_size", None) or teacher.config.intermediate_size
     width = expert_width * (min(top_k, n_experts) if method == "top_k" else 1)
-    cfg = _with_layers(dense_config(teacher.config, width), layers)
+    cfg = with_layers(dense_config(teacher.config, width), layers)
 
     from transformers import AutoModelForCausalLM
 
     student = AutoModelForCausalLM.from_config(cfg)
     # Everything but the MoE blocks (attention, norms, embeddings, head) copies by name.
-    state = {k: v for k, v in _renumbered_state(teacher.state_dict(), layers).items()
+    state = {k: v for k, v in renumbered_state(teacher.state_dict(), layers).items()
              if ".mlp." not in k and ".block_sparse_moe." not in k}
     missing, unexpected = student.load_state_dict(state, strict=False)
     if unexpected:

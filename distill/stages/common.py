@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 from distill import artifacts, models
-from distill.artifacts import Artifact
+from distill.artifacts import Artifact, ArtifactKind
 from distill.context import RunContext
 from distill.errors import DistillError
 
 
-def kind_of(path: Path) -> str:
+def kind_of(path: Path) -> ArtifactKind:
     """Artifact kind of a plain HF directory, from its config.json."""
     config = json.loads((Path(path) / "config.json").read_text())
-    return "hf-whisper" if config.get("model_type") == "whisper" else "hf-causal-lm"
+    return artifacts.kind_for_model_type(config.get("model_type"))
 
 
 def input_artifact(spec, ctx: RunContext) -> Artifact:
@@ -40,7 +40,7 @@ def input_artifact(spec, ctx: RunContext) -> Artifact:
                     size_bytes=artifacts.dir_size(path))
 
 
-QUANTIZED_KINDS = ("bnb", "torch-dynamic-quant", "onnx", "ct2")
+QUANTIZED_KINDS = (ArtifactKind.BNB, ArtifactKind.TORCH_DYNAMIC_QUANT, ArtifactKind.ONNX, ArtifactKind.CT2)
 
 
 def check_compressible(source: Artifact, action: str) -> None:
