@@ -21,6 +21,7 @@ examples:
   distill run recipes/lm/smollm2-kd.yaml stages.0.train.steps=20 seed=1
   distill run --resume runs/<run_id>                finish an interrupted run
   distill plan recipes/moe/qwen3-30b-a3b-to-1.7b.yaml  memory estimate before a run
+  distill cache RECIPE stages.0.cache.dir=DIR       fill an offline teacher cache only (torchrun: in parallel)
   distill eval asset:whisper-base --suite asr-en    evaluate any model or artifact
   distill transcribe asset:whisper-base talk.wav    text (or --json with timings) from any speech model
   distill report                                    rebuild results/README.md + index.html from the records
@@ -60,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="memory/parameter estimate for a recipe (no weights loaded)")
     plan.add_argument("recipe")
     plan.add_argument("overrides", nargs="*", metavar="key=value")
+
+    cache = sub.add_parser("cache", help="fill the offline teacher cache of a recipe's offline distill "
+                           "stages, then stop (launch with torchrun to fill in parallel)")
+    cache.add_argument("recipe")
+    cache.add_argument("overrides", nargs="*", metavar="key=value")
 
     ev = sub.add_parser("eval", help="evaluate a model or artifact on a suite -> results/")
     ev.add_argument("model", help="artifact dir, asset:<id>, HF directory or hub id")
@@ -148,6 +154,16 @@ def _plan(args) -> int:
     return 0
 
 
+def _cache(args) -> int:
+    from distill.stages.distill import fill_cache_only
+
+    for summary in fill_cache_only(args.recipe, args.overrides):
+        if summary.get("per_process") is not None and os.environ.get("RANK", "0") == "0":
+            print(f"teacher cache {summary['stage']}: {summary['dir']} ({summary['tokens']} tokens, "
+                  f"{summary['bytes_per_token']} bytes/token, {summary['fill_processes']} process(es))")
+    return 0
+
+
 def _eval(args) -> int:
     from distill.evaluation.harness import evaluate
 
@@ -213,7 +229,7 @@ def _ls(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "validate": _validate, "plan": _plan, "eval": _eval, "transcribe": _transcribe,
+COMMANDS = {"run": _run, "validate": _validate, "plan": _plan, "cache": _cache, "eval": _eval, "transcribe": _transcribe,
             "report": _report,
             "assets": _assets, "ls": _ls}
 

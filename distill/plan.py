@@ -4,8 +4,10 @@ Teacher and student are instantiated on the meta device from their configs (shap
 235B-parameter teacher is planned in seconds on a laptop. For every training stage it reports:
 parameter counts (total and active per token for MoE), bytes of weights, gradients, AdamW state,
 activations and logits for the recipe's batch and sequence length, per device for 1 and 8 devices
-(FSDP-style sharding of weights/gradients/optimizer; activations are per device), and whether
-online KD fits a device or the offline teacher cache is needed.
+as the code runs them (weights/gradients/optimizer divided over the processes only with
+train.parallel fsdp; replicated with ddp), whether online KD fits a device or the offline teacher
+cache is needed, and for the cache fill the teacher's weights per device for 8/4/2/1 filling
+processes on an 8-device node (device_map="auto" over each process's share).
 
 Estimates, not measurements: activations use the per-layer rule sbh x 34 bytes (16-bit, SDPA
 attention without the s^2 term; Korthikanti et al. 2022) scaled to the compute dtype; optimizer =
@@ -107,59 +109,114 @@ def _gib(n: float) -> str:
     return f"{n / GIB:8.2f}"
 
 
-def stage_plan(stage, teacher: ModelShape, student: ModelShape, device_gib: float, cuda: bool) -> list[str]:
-    tr = stage.train
-    batch, seq = tr.batch_size, stage.data.seq_len
-    tokens = batch * seq
+def _largest_block(shape: ModelShape) -> int:
+    """Parameters of the largest decoder block: what FSDP gathers at once (the next one is prefetched)."""
+    from distill import distributed
+
+    model = _meta_model(shape.config)
+    names = distributed.block_class_names(model)
+    sizes = [sum(p.numel() for p in m.parameters()) for m in model.modules() if type(m).__name__ in names]
+    return max(sizes, default=shape.params)
+
+
+def micro_batch(tr, n: int) -> float:
+    """Rows per device per micro-batch with n processes (train.batch_size or global_batch split)."""
+    return tr.batch_size if tr.global_batch is None else tr.global_batch / (n * tr.grad_accum)
+
+
+def device_rows(stage, teacher: ModelShape, student: ModelShape) -> list[tuple[str, object]]:
+    """[(label, bytes per device as a function of the process count n)] for a distill stage."""
+    tr, seq = stage.train, stage.data.seq_len
     t_bytes = DTYPE_BYTES[stage.teacher.dtype]
     # Sized for the accelerator the report targets: `auto` means bf16 autocast there.
     compute = 2 if tr.dtype in ("bfloat16", "auto") else 4
     vocab = min(teacher.vocab, student.vocab)
-    chunk = min(stage.loss.chunk_size, tokens)
     online = stage.teacher_mode == "online" and (stage.loss.kd_weight > 0 or stage.loss.hidden_weight > 0)
+    fsdp = tr.parallel == "fsdp"
+
+    def batch(n: int) -> float:
+        return micro_batch(tr, n)
 
     s_weights = student.params * 4  # fp32 master weights (autocast computes in bf16 on GPU)
-    s_grads = student.params * 4
-    s_adam = student.params * 8
-    s_act = student.layers * tokens * student.hidden * 34 * compute / 2
     t_weights = teacher.params * t_bytes if online else 0
-    t_act = 2 * tokens * teacher.hidden * 20 * compute / 2 if online else 0  # no_grad: ~one layer live
-    naive_logits = tokens * vocab * 4 * (3 + (2 if online else 0))  # s logits, log-softmax, grad (+ teacher x2)
-    chunked_logits = chunk * vocab * 4 * (3 + (2 if online else 0))  # one chunk alive
-    lines = [f"  batch {batch} x seq {seq} = {tokens} tokens/micro-batch per device, compute "
-             f"{'bf16' if compute == 2 else 'fp32'}, loss chunk {chunk} tokens, vocab compared {vocab}"]
-    rows = [("student weights (fp32 master)", s_weights, True), ("student gradients", s_grads, True),
-            ("AdamW moments (2 x fp32)", s_adam, True), ("student activations", s_act, False),
+    block = _largest_block(student) * 4 * 2 if fsdp else 0  # fp32, current + prefetched block
+    rows = [("student weights (fp32 master)", lambda n: s_weights / (n if fsdp else 1)),
+            ("student gradients", lambda n: s_weights / (n if fsdp else 1)),
+            ("AdamW moments (2 x fp32)", lambda n: 2 * s_weights / (n if fsdp else 1)),
+            ("FSDP: gathered blocks (2 x fp32)", lambda n: block if n > 1 else 0),
+            ("student activations", lambda n: student.layers * batch(n) * seq * student.hidden * 34 * compute / 2),
+            # online: every process holds the whole teacher (it is not sharded)
             (f"teacher weights ({stage.teacher.dtype})" if online else "teacher weights (offline: not loaded)",
-             t_weights, True),
-            ("teacher activations (no_grad)", t_act, False),
-            ("logits, chunked (this workbench)", chunked_logits, False)]
-    header = "  " + f"{'GiB per device':38s}" + "".join(f"{f'{n} dev':>10s}" for n in DEVICE_COUNTS)
-    lines.append(header)
+             lambda n: t_weights),
+            ("teacher activations (no_grad)",  # ~one layer live
+             lambda n: 2 * batch(n) * seq * teacher.hidden * 20 * compute / 2 if online else 0),
+            ("logits, chunked (this workbench)",  # one chunk alive: s logits, log-softmax, grad (+ teacher x2)
+             lambda n: min(stage.loss.chunk_size, batch(n) * seq) * vocab * 4 * (3 + (2 if online else 0)))]
+    return rows
+
+
+def stage_plan(stage, teacher: ModelShape, student: ModelShape, device_gib: float, cuda: bool) -> list[str]:
+    """Per-device memory of one distill stage, as the code runs it: with train.parallel fsdp the
+    student's weights, gradients and AdamW state are divided over the processes (plus the blocks
+    FSDP gathers while computing); with ddp every process holds all of them. Offline, training
+    never loads the teacher; the cache fill does (see cache_fill_plan)."""
+    tr, seq = stage.train, stage.data.seq_len
+    compute = 2 if tr.dtype in ("bfloat16", "auto") else 4
+    vocab = min(teacher.vocab, student.vocab)
+    online = stage.teacher_mode == "online" and (stage.loss.kd_weight > 0 or stage.loss.hidden_weight > 0)
+    fsdp = tr.parallel == "fsdp"
+    rows = device_rows(stage, teacher, student)
+    t_weights = rows[5][1](1)
+
+    lines = [f"  train.parallel {tr.parallel}: " + ("weights, gradients and AdamW state divided over the "
+             "processes" if fsdp else "every process holds a full replica (set train.parallel: fsdp to shard)"),
+             "  micro-batch per device: " + ", ".join(f"{n} dev {micro_batch(tr, n):g} x seq {seq}" for n in DEVICE_COUNTS)
+             + f"; compute {'bf16' if compute == 2 else 'fp32'}, vocab compared {vocab}"]
+    lines.append("  " + f"{'GiB per device':38s}" + "".join(f"{f'{n} dev':>10s}" for n in DEVICE_COUNTS))
     totals = {n: 0.0 for n in DEVICE_COUNTS}
-    for label, nbytes, sharded in rows:
+    for label, per_device in rows:
         cells = []
         for n in DEVICE_COUNTS:
-            v = nbytes / n if sharded else nbytes
+            v = per_device(n)
             totals[n] += v
             cells.append(f"{_gib(v):>10s}")
         lines.append(f"  {label:38s}" + "".join(cells))
     lines.append(f"  {'total':38s}" + "".join(f"{_gib(totals[n]):>10s}" for n in DEVICE_COUNTS))
-    lines.append(f"  {'(naive full-vocab logits would add)':38s}" + "".join(
-        f"{_gib(naive_logits - chunked_logits):>10s}" for _ in DEVICE_COUNTS))
     verdicts = []
     for n in DEVICE_COUNTS:
-        fits = totals[n] / GIB <= device_gib * 0.9
-        if fits:
+        if tr.global_batch is not None and tr.global_batch % (n * tr.grad_accum):
+            verdicts.append(f"{n} device(s): global_batch {tr.global_batch} does not split")
+        elif totals[n] / GIB <= device_gib * 0.9:
             verdicts.append(f"{n} device(s): {'online KD' if online else 'this stage'} fits")
-        elif online:
-            without_teacher = totals[n] - t_weights / n - t_act
-            verdicts.append(f"{n} device(s): online KD does NOT fit; "
-                            + ("use teacher_mode: offline (cache) - then it fits"
-                               if without_teacher / GIB <= device_gib * 0.9 else "does not fit even with the cache"))
+        elif online and (totals[n] - t_weights) / GIB <= device_gib * 0.9:
+            verdicts.append(f"{n} device(s): online KD does NOT fit; use teacher_mode: offline (cache) - then it fits")
         else:
-            verdicts.append(f"{n} device(s): does NOT fit")
+            verdicts.append(f"{n} device(s): does NOT fit" + ("" if fsdp else " (try train.parallel: fsdp)"))
     lines.append(f"  verdict vs {device_gib:.0f} GiB/device (90 % usable): " + "; ".join(verdicts))
+    if stage.teacher_mode == "offline":
+        lines.extend(cache_fill_plan(stage, teacher, student, device_gib))
+    return lines
+
+
+def cache_fill_plan(stage, teacher: ModelShape, student: ModelShape, device_gib: float) -> list[str]:
+    """The offline cache fill: each filling process loads the teacher with device_map="auto" over its
+    share of a node's devices (distill.teacher_cache.fill_memory: 8 devices / P processes, 90 % of
+    each), so the teacher's weights per device are teacher / (8 / P)."""
+    from distill import teacher_cache
+
+    t_bytes = teacher.params * DTYPE_BYTES[stage.teacher.dtype]
+    vocab, k, cache = min(teacher.vocab, student.vocab), stage.loss.top_k, stage.cache
+    per_token = (teacher_cache.compact_bytes_per_token(k, vocab, cache.logp_bits) if cache.format == "compact"
+                 else k * (2 if vocab <= 65536 else 4) + 2 * k)
+    lines = [f"  cache fill (teacher {stage.teacher.dtype}, device_map=auto over each process's devices; "
+             f"cache {cache.format}, k={k}: {per_token} bytes/token = {per_token * 1e6 / GIB:.2f} GiB per 1M tokens)"]
+    devices = max(DEVICE_COUNTS)
+    for procs in (devices, 4, 2, 1):
+        share = devices // procs
+        per_device = t_bytes / share
+        fits = per_device / GIB <= device_gib * 0.9
+        lines.append(f"    {procs} process(es) x {share} device(s): teacher {_gib(per_device).strip()} GiB per "
+                     f"device -> {'fits' if fits else 'does NOT fit (layers offload to CPU RAM: slow)'}")
     return lines
 
 

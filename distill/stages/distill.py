@@ -10,6 +10,7 @@ teacher then never runs during training), so KD and CE-only runs differ in the l
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -42,11 +43,12 @@ def _token_strings(tok, n: int) -> list[str]:
 def align_vocab(student, teacher, s_tok=None, t_tok=None) -> int:
     """Number of leading vocabulary rows both models are compared on.
 
+    student, teacher: models, or their output-row counts (a teacher the stage never loads).
     Same tokenizer, different padded rows (e.g. 151,936 vs 152,064): slice to the shared rows,
     logged. Different tokenizers (sizes or id -> token strings differ): a DistillError naming both.
     """
-    s_rows = students.output_head(student).shape[0]
-    t_rows = students.output_head(teacher).shape[0]
+    s_rows = student if isinstance(student, int) else students.output_head(student).shape[0]
+    t_rows = teacher if isinstance(teacher, int) else students.output_head(teacher).shape[0]
     if s_tok is not None and t_tok is not None and s_tok is not t_tok:
         s_n, t_n = len(s_tok), len(t_tok)
         same = s_n == t_n and _token_strings(s_tok, s_n) == _token_strings(t_tok, t_n)
@@ -116,23 +118,46 @@ def heldout_ce(model, heldout: torch.Tensor | None, vocab: int, batch_size: int 
     return {"eval_ce": ce, "eval_ppl": float(torch.tensor(ce).exp())}
 
 
+def _teacher_shape(spec: DistillStage, teacher, teacher_dir: str | None) -> tuple[int, int]:
+    """(output rows, parameters) of the teacher, read from its config when it is not loaded."""
+    if teacher is not None:
+        return students.output_head(teacher).shape[0], models.count_params(teacher)
+    from transformers import AutoConfig
+
+    from distill.plan import shape_of
+
+    shape = shape_of("teacher", AutoConfig.from_pretrained(teacher_dir,
+                                                           trust_remote_code=spec.teacher.trust_remote_code))
+    return shape.vocab, shape.params
+
+
 def run(spec: DistillStage, ctx: RunContext) -> Artifact:
-    teacher, tokenizer = models.load_causal_lm(spec.teacher, ctx, seed=ctx.seed)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    from distill import teacher_cache
+
+    loss_spec = spec.loss
+    offline = spec.teacher_mode == "offline" and bool(loss_spec.kd_weight) and not spec.init_only
+    inline = spec.teacher.config is not None
+    teacher_dir = None if inline else teacher_cache.model_dir(spec.teacher.source, ctx)
+    # Offline, the teacher's weights are read only to fill the cache (and to build a student from
+    # them): a pretrained student next to a cached teacher never has the teacher in memory.
+    if not offline or inline or spec.student.init in ("layer_map", "moe_merge"):
+        teacher, tokenizer = models.load_causal_lm(spec.teacher, ctx, seed=ctx.seed)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    else:
+        teacher, tokenizer = None, models.load_tokenizer(spec.teacher, teacher_dir, ctx)
     teacher_path = teacher_artifact(spec, teacher, tokenizer, ctx)
     teacher_id = (artifacts.load(teacher_path).artifact_id if artifacts.is_complete(teacher_path)
                   else spec.teacher.source)
     blocks, heldout = text_blocks(spec.data, tokenizer, ctx.seed)
     student, s_tok, info = init_student(spec, teacher, ctx, calibration=blocks.tokens)
-    vocab = align_vocab(student, teacher, s_tok, tokenizer)
-    n_student, n_teacher = models.count_params(student), models.count_params(teacher)
+    t_rows, n_teacher = _teacher_shape(spec, teacher, teacher_dir)
+    vocab = align_vocab(student, t_rows, s_tok, tokenizer)
+    n_student = models.count_params(student)
     if n_student > n_teacher:
         logger.warning("the student (%d params) is larger than the teacher (%d): distillation usually "
                        "compresses; check student.init / student.model", n_student, n_teacher)
     student.to(ctx.device)
-    teacher.to(ctx.device)
-    loss_spec = spec.loss
     extra: dict = {"student_init": info, "vocab_compared": vocab, "student_params": n_student,
                    "teacher_params": n_teacher}
 
@@ -144,21 +169,25 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
         if projector.needed:
             modules["proj"] = projector
 
-    cache = None
-    if spec.teacher_mode == "offline" and loss_spec.kd_weight and not spec.init_only:
-        from distill import teacher_cache
-
+    cache = teacher_head = None
+    if offline:
         root = spec.cache.dir or str(ctx.run_dir / "teacher_cache" / ctx.stage_name)
-        t_hash = teacher_cache.teacher_hash(teacher)
-        with ctx.procs.main_first():  # one cache per run: rank 0 fills it, the other ranks find it full
-            extra["teacher_cache"] = teacher_cache.fill(
-                root, teacher, blocks.tokens, loss_spec.top_k, vocab, spec.cache.shard_blocks,
-                spec.cache.batch_size, t_hash=t_hash)
+        if inline:
+            t_hash, source = teacher_cache.teacher_hash(teacher), teacher
+        else:  # fingerprint of the weight files; each process loads the teacher only if it has shards to fill
+            t_hash = teacher_cache.files_fingerprint(teacher_dir)
+            source = functools.partial(teacher_cache.load_for_fill, spec.teacher, teacher_dir, ctx.procs)
+        del teacher  # the student is built: from here on only the cache fill may load the teacher
+        extra["teacher_cache"] = teacher_cache.fill(
+            root, source, blocks.tokens, loss_spec.top_k, vocab, spec.cache.shard_blocks,
+            spec.cache.batch_size, t_hash=t_hash, fmt=spec.cache.format, logp_bits=spec.cache.logp_bits,
+            procs=ctx.procs)
+        del source
         extra["teacher_cache"]["dir"] = str(root)
         cache = teacher_cache.TeacherCache(root, expect_teacher=t_hash)
-        teacher_head = None
-        del teacher  # the whole point of the cache: training needs no teacher in memory
-    else:
+        teacher = None
+    elif teacher is not None:
+        teacher.to(ctx.device)
         teacher_head = students.output_head(teacher)[:vocab]
     need_teacher = loss_spec.kd_weight > 0 or loss_spec.hidden_weight > 0
 
@@ -202,3 +231,51 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
     return save_model_artifact(student, tokenizer, ctx, ctx.stage_name, lineage=[teacher_id],
                                stage=stage_dict, extra={"teacher_path": teacher_path, "final_metrics": final,
                                                         **extra})
+
+
+def fill_cache_only(recipe_path: str, overrides: list[str]) -> list[dict]:
+    """`distill cache RECIPE`: fill the offline teacher cache of every offline distill stage and stop.
+
+    For teachers too big to fill inside the training launch: e.g. one process spreading a 235B
+    teacher over all 8 GPUs of a node (`torchrun --nproc_per_node 1 -m distill cache ...`), then
+    `torchrun --nproc_per_node 8 -m distill run ...` with the same `cache.dir` trains the student
+    and finds the cache complete, so it never loads the teacher. Needs `cache.dir` and a teacher
+    directory or hub id (an inline or `stage:` teacher exists only inside a run). -> summaries.
+    """
+    from transformers import AutoConfig
+
+    from distill import recipe as recipe_mod
+    from distill import teacher_cache
+    from distill.context import join_processes
+
+    r = recipe_mod.load(recipe_path, overrides)
+    procs = join_processes()
+    summaries = []
+    for i, spec in enumerate(r.stages):
+        name = recipe_mod.stage_name(i, spec)
+        if not isinstance(spec, DistillStage) or spec.teacher_mode != "offline" or not spec.loss.kd_weight:
+            continue
+        if not spec.cache.dir or spec.teacher.source is None or spec.teacher.source.startswith("stage:"):
+            raise DistillError(f"distill cache: stage {name} needs stages.{i}.cache.dir and a teacher "
+                               "directory or hub id", f"set stages.{i}.cache.dir=/shared/path (the same in "
+                               "the later `distill run`); inline or stage: teachers fill inside `distill run`")
+        teacher_dir = teacher_cache.model_dir(spec.teacher.source)
+        tokenizer = models.load_tokenizer(spec.teacher, teacher_dir)
+        blocks, _ = text_blocks(spec.data, tokenizer, r.seed)
+        t_rows = _teacher_shape(spec, None, teacher_dir)[0]
+        if spec.student.init == "model":
+            s_rows = AutoConfig.from_pretrained(teacher_cache.model_dir(spec.student.model.source)).vocab_size
+        elif spec.student.init == "config":
+            s_rows = spec.student.model.config["vocab_size"]
+        else:
+            s_rows = t_rows
+        source = functools.partial(teacher_cache.load_for_fill, spec.teacher, teacher_dir, procs)
+        summary = teacher_cache.fill(spec.cache.dir, source, blocks.tokens, spec.loss.top_k, align_vocab(s_rows, t_rows),
+                                     spec.cache.shard_blocks, spec.cache.batch_size,
+                                     t_hash=teacher_cache.files_fingerprint(teacher_dir), fmt=spec.cache.format,
+                                     logp_bits=spec.cache.logp_bits, procs=procs)
+        summaries.append({"stage": name, "dir": spec.cache.dir, **summary})
+    if not summaries:
+        raise DistillError(f"'{recipe_path}' has no offline distill stage with a KD loss: nothing to cache",
+                           "set teacher_mode: offline and loss.top_k in a distill stage")
+    return summaries

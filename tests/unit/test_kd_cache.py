@@ -1,4 +1,5 @@
-"""Offline teacher cache: contents vs the teacher, resume after a kill, refusal of a foreign cache."""
+"""Offline teacher cache: contents vs the teacher, resume after a kill, refusal of a foreign cache, the
+compact format (packed ids, quantised log-probs, tail mass kept), filling by several processes."""
 
 import json
 
@@ -7,6 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from distill import losses, teacher_cache
+from distill.context import Processes
 from distill.errors import DistillError
 
 
@@ -58,3 +60,94 @@ def test_a_cache_from_another_teacher_or_data_is_refused(tmp_path):
     with pytest.raises(DistillError, match="different teacher"):
         teacher_cache.TeacherCache(tmp_path, expect_teacher="0" * 64)
     assert json.loads((tmp_path / "meta.json").read_text())["ids_dtype"] == "uint16"
+
+
+# ------------------------------------------------------------------------------ compact format
+def test_compact_codec_keeps_ids_and_tail_mass_in_the_bytes_it_promises():
+    vocab, k = 151_936, 64  # Qwen3's rows: 18-bit ids
+    logp = torch.log_softmax(torch.randn(50, vocab, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    values, ids = logp.topk(k, -1)
+    tail = -torch.expm1(torch.logsumexp(values, -1))
+    errors = []
+    for bits in (0, 2, 4, 8):
+        enc = teacher_cache.encode_compact(ids, values, vocab, bits)
+        nbytes = sum(t.shape[1] * t.element_size() for t in enc.values())
+        assert nbytes == teacher_cache.compact_bytes_per_token(k, vocab, bits) == 144 + -(-63 * bits // 8) + 6
+        out_ids, out_logp = teacher_cache.decode_compact(enc["ids"], enc["codes"], enc["head"], k, vocab, bits)
+        assert torch.equal(out_ids, ids)
+        assert torch.allclose(-torch.expm1(torch.logsumexp(out_logp, -1)), tail, rtol=2e-3, atol=1e-5)
+        assert (out_logp[:, :-1] >= out_logp[:, 1:]).all()  # still sorted
+        errors.append(float((out_logp - values).abs().mean()))
+    assert errors == sorted(errors, reverse=True) and errors[-1] < 0.02  # more bits, closer values
+
+
+def test_compact_cache_file_reads_back_what_the_teacher_gave(tmp_path):
+    teacher = tiny(0)
+    summary = teacher_cache.fill(tmp_path, teacher, TOKENS, top_k=5, vocab=40, shard_blocks=3, fmt="compact",
+                                 logp_bits=8)
+    per_token = teacher_cache.compact_bytes_per_token(5, 40, 8)  # 6-bit ids: 4 + 4 + 6 bytes
+    assert per_token == 14 and summary["format"] == "compact"
+    payload = summary["bytes"] - sum(len((tmp_path / f"shard-{i:05d}.safetensors").read_bytes()[:8]) for i in range(3))
+    assert per_token * TOKENS.numel() < payload < per_token * TOKENS.numel() + 3 * 400  # + headers
+    ids, logp = teacher_cache.TeacherCache(tmp_path).lookup([6, 0, 4])
+    with torch.no_grad():
+        ref_ids, ref_logp = losses.top_k_logprobs(teacher(TOKENS[[6, 0, 4]]).logits, 5)
+    assert torch.equal(ids, ref_ids)
+    assert torch.allclose(logp, ref_logp, atol=0.05)
+
+
+def test_a_version_1_cache_is_still_read(tmp_path):
+    teacher = tiny(0)
+    teacher_cache.fill(tmp_path, teacher, TOKENS, top_k=4, vocab=40, shard_blocks=3)  # fp16 layout = v1
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    for key in ("format", "fill_processes"):
+        meta.pop(key)
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    ids, logp = teacher_cache.TeacherCache(tmp_path).lookup([1])
+    assert ids.shape == logp.shape == (1, 6, 4)
+    with pytest.raises(DistillError, match="different cache.format"):  # a compact run does not reuse it
+        teacher_cache.fill(tmp_path, teacher, TOKENS, top_k=4, vocab=40, shard_blocks=3, fmt="compact")
+
+
+# ------------------------------------------------------------------------------ several processes
+class SequentialRank(Processes):
+    """Process `rank` of `world_size` run one after another in this process (barriers are no-ops)."""
+
+    def barrier(self) -> None:
+        pass
+
+
+def test_each_process_fills_its_own_shards_then_rank0_merges(tmp_path):
+    teacher, calls = tiny(0), []
+
+    def load():
+        calls.append(1)
+        return teacher
+
+    with pytest.raises(DistillError, match="incomplete"):  # rank 1 first: rank 0 has not merged yet
+        teacher_cache.fill(tmp_path, load, TOKENS, top_k=4, vocab=40, shard_blocks=2, fmt="compact",
+                           t_hash="t", procs=SequentialRank(rank=1, world_size=2))
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-00001.safetensors", "shard-00003.safetensors"]
+    summary = teacher_cache.fill(tmp_path, load, TOKENS, top_k=4, vocab=40, shard_blocks=2, fmt="compact",
+                                 t_hash="t", procs=SequentialRank(rank=0, world_size=2))
+    assert summary["shards"] == 4 and summary["fill_processes"] == 2
+    assert [r["rank"] for r in summary["per_process"]] == [0, 1] and sum(r["tokens"] for r in summary["per_process"]) == 42
+    assert len(calls) == 2  # each process loaded the teacher once; a full cache loads it no more
+    teacher_cache.fill(tmp_path, load, TOKENS, top_k=4, vocab=40, shard_blocks=2, fmt="compact", t_hash="t")
+    assert len(calls) == 2
+
+
+def test_a_half_filled_cache_is_refused_with_another_process_count(tmp_path):
+    with pytest.raises(DistillError, match="incomplete"):
+        teacher_cache.fill(tmp_path, tiny(0), TOKENS, top_k=4, vocab=40, shard_blocks=2, t_hash="t",
+                           procs=SequentialRank(rank=1, world_size=2))
+    with pytest.raises(DistillError, match="half filled by 2 process"):
+        teacher_cache.fill(tmp_path, tiny(0), TOKENS, top_k=4, vocab=40, shard_blocks=2, t_hash="t")
+
+
+def test_files_fingerprint_changes_with_the_weights(tmp_path):
+    tiny(0).save_pretrained(tmp_path / "a")
+    tiny(1).save_pretrained(tmp_path / "b")
+    a = teacher_cache.files_fingerprint(tmp_path / "a")
+    assert a == teacher_cache.files_fingerprint(tmp_path / "a")
+    assert a != teacher_cache.files_fingerprint(tmp_path / "b")

@@ -47,8 +47,8 @@ def test_tiny_moe_to_dense_offline_run(tmp_path):
     assert manifest["lineage"] == [result.artifacts["teacher"].artifact_id]
     assert Path(manifest["extra"]["teacher_path"]) == result.artifacts["teacher"].path
     cache = manifest["extra"]["teacher_cache"]
-    # k=8 ids (uint16) + k=8 fp16 log-probs per token, plus small safetensors headers
-    assert 32 <= cache["bytes_per_token"] < 33
+    # compact: k=8 ids x 9 bits (258 rows) + 7 log-probs x 4 bits + 6 bytes = 19, plus shard headers
+    assert cache["format"] == "compact" and 19 <= cache["bytes_per_token"] < 20
     init = manifest["extra"]["student_init"]
     assert init["merge"] == "frequency" and len(init["router_frequencies"]) == 2
     student = AutoModelForCausalLM.from_pretrained(art.path)
@@ -95,3 +95,64 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path):
         runner.run(ROOT / "recipes/_tiny/pipeline.yaml", overrides)
     msg = info.value.one_line()
     assert "at step" in msg and "last good checkpoint" in msg
+
+
+def test_kd_from_the_compact_cache_trains_like_kd_from_the_fp16_cache(tmp_path):
+    """Same tiny MoE -> dense run, cache format fp16 vs compact (4-bit log-probs): the student's
+    KD/CE losses stay within 2 % of each other at every logged step (measured: see the assert)."""
+    def losses_of(fmt: str):
+        result = runner.run(ROOT / "recipes/_tiny/moe-to-dense.yaml",
+                            [f"output_dir={tmp_path / fmt}", f"stages.1.cache.format={fmt}", "stages.1.train.log_every=1"])
+        rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["loss"], r["kd"], r["ce"]) for r in rows if r["stage"] == "dense" and "loss" in r], result
+
+    fp16, r16 = losses_of("fp16")
+    compact, rc = losses_of("compact")
+    assert len(fp16) == len(compact) == 6
+    assert r16.artifacts["dense"].extra["teacher_cache"]["bytes_per_token"] > rc.artifacts["dense"].extra[
+        "teacher_cache"]["bytes_per_token"]
+    for a, b in zip(fp16, compact):
+        for x, y in zip(a, b):
+            assert abs(x - y) <= 0.02 * abs(x) + 1e-3, (fp16, compact)
+
+
+def test_cache_filled_apart_then_training_never_loads_the_teacher(tmp_path, monkeypatch):
+    """The real MoE recipes' path on a tiny model: `distill cache` fills the offline cache from a
+    teacher directory (accelerate's device_map path), then `distill run` with a pretrained-style
+    student finds it complete and trains without loading the teacher at all."""
+    from distill import models, teacher_cache
+    from distill.models import build_from_config, byte_tokenizer
+    from distill.stages.distill import fill_cache_only
+
+    common = {"model_type": "qwen3", "vocab_size": 258, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "head_dim": 16, "max_position_embeddings": 128, "tie_word_embeddings": True}
+    teacher_dir = tmp_path / "teacher"
+    build_from_config({**common, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}, 0).save_pretrained(teacher_dir)
+    byte_tokenizer().save_pretrained(teacher_dir)
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(json.dumps({
+        "name": "cache-apart", "seed": 0, "output_dir": str(tmp_path / "runs"),
+        "stages": [{"name": "kd", "kind": "distill", "teacher": str(teacher_dir), "teacher_mode": "offline",
+                    "cache": {"dir": str(tmp_path / "cache"), "shard_blocks": 16},
+                    "student": {"init": "config", "model": {"config": {**common, "hidden_size": 16,
+                                                                       "intermediate_size": 32, "num_hidden_layers": 1}}},
+                    "data": {"source": str(ROOT / "recipes/_tiny/data/train.txt"), "seq_len": 32},
+                    "loss": {"top_k": 8, "ce_weight": 0.1},
+                    "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 10, "log_every": 1}}]}))
+    loads = []
+    real_fill_load = teacher_cache.load_for_fill
+    monkeypatch.setattr(teacher_cache, "load_for_fill", lambda *a: loads.append(a) or real_fill_load(*a))
+    (summary,) = fill_cache_only(str(recipe_file), [])
+    assert len(loads) == 1 and summary["fill_processes"] == 1 and summary["format"] == "compact"
+
+    real_load = models.load_causal_lm
+
+    def no_teacher(ref, *args, **kwargs):
+        assert ref.source != str(teacher_dir), "the training run loaded the teacher"
+        return real_load(ref, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_causal_lm", no_teacher)
+    result = runner.run(recipe_file, [])
+    extra = result.artifacts["kd"].extra
+    assert len(loads) == 1 and extra["teacher_cache"]["dir"] == str(tmp_path / "cache")
+    assert extra["teacher_params"] > extra["student_params"] > 0  # read from the teacher's config

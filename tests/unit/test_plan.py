@@ -25,3 +25,29 @@ def test_plan_report_for_the_tiny_moe_twin():
     assert "stage teacher (train)" in text and "stage dense (distill" in text
     assert "verdict" in text and "fits" in text
     assert "student  qwen3 " in text and "teacher  qwen3_moe" in text
+
+
+
+def test_per_device_figures_follow_the_parallel_mode_and_the_offline_cache():
+    """ddp replicates the student on every device, fsdp divides it; offline, training holds no
+    teacher and the cache fill spreads it over each filling process's devices."""
+    from distill import recipe
+
+    def rows(overrides):
+        r = recipe.load(ROOT / "recipes/_tiny/moe-to-dense.yaml", overrides)
+        cfg = dict(r.stages[0].model.config)
+        t_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        stage = r.stages[1]
+        teacher, student = plan.shape_of("teacher", t_cfg), plan.shape_of("student", plan.student_config(stage, t_cfg, {}))
+        return stage, teacher, student, {label: fn for label, fn in plan.device_rows(stage, teacher, student)}
+
+    _, _, student, ddp = rows(["stages.1.train.parallel=ddp"])
+    stage, teacher, _, fsdp = rows(["stages.1.train.parallel=fsdp"])
+    adam = "AdamW moments (2 x fp32)"
+    assert ddp[adam](8) == ddp[adam](1) == 8 * student.params
+    assert fsdp[adam](8) == fsdp[adam](1) / 8
+    assert fsdp["FSDP: gathered blocks (2 x fp32)"](2) > 0 == ddp["FSDP: gathered blocks (2 x fp32)"](2)
+    assert fsdp["teacher weights (offline: not loaded)"](1) == 0
+    text = "\n".join(plan.cache_fill_plan(stage, teacher, student, 80.0))
+    assert "8 process(es) x 1 device(s)" in text and "1 process(es) x 8 device(s)" in text
+    assert "19 bytes/token" in text  # compact, k=8, 9-bit ids, 4-bit log-probs
