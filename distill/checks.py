@@ -333,6 +333,20 @@ def known_config_keys(cls) -> set[str]:
     return keys
 
 
+def read_by_model_code(cls, key: str) -> bool:
+    """Whether the model code of a config class reads `key` although its __init__ does not name it
+    (e.g. Qwen3-MoE attention: getattr(config, "head_dim", hidden // heads))."""
+    import re
+
+    module = cls.__module__.replace(".configuration_", ".modeling_")
+    try:
+        spec = importlib.util.find_spec(module)
+        source = Path(spec.origin).read_text() if spec and spec.origin else ""
+    except (ImportError, OSError, ValueError):
+        return True  # cannot tell: do not refuse
+    return re.search(rf"config\.{re.escape(key)}\b|[\"']{re.escape(key)}[\"']", source) is not None
+
+
 def check_inline_config(config: dict[str, Any], where: str) -> Any:
     """A built transformers config for an inline `config:`; every problem as one DistillError."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -349,7 +363,7 @@ def check_inline_config(config: dict[str, Any], where: str) -> Any:
     cls = CONFIG_MAPPING[model_type]
     known = known_config_keys(cls)
     for key in cfg:
-        if key not in known:
+        if key not in known and not read_by_model_code(cls, key):
             guess = closest(key, known)
             own = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
             raise DistillError(f"{where}.config: unknown key '{key}' for model_type {model_type} (transformers "

@@ -882,7 +882,7 @@ def explain(exc: ValidationError, source: str) -> DistillError:
         guess = closest(key, valid)
         fix = f"did you mean '{guess}'?" if guess else "remove it"
         if valid:
-            fix += f"; valid keys here: {', '.join(valid)}"
+            fix += f"{' ' if guess else '; '}valid keys here: {', '.join(valid)}"
         return DistillError(f"{source}: unknown key '{where}'", fix)
     if err["type"] == "union_tag_invalid":
         bad = err.get("input", {}).get("kind") if isinstance(err.get("input"), dict) else None
@@ -996,6 +996,9 @@ def _check_asset(asset_id: str, where: str) -> list[str]:
 
         err = unknown_choice("asset", asset_id, ASSETS)
         raise DistillError(f"{where}: {err.problem}", err.fix)
+    from distill.assets import cache_dir
+
+    cache_dir()  # a cache that is a file is an error, not "not installed yet"
     try:
         from distill.assets import asset_path
 
