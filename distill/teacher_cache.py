@@ -299,6 +299,9 @@ def fill(root: Path, teacher, tokens: torch.Tensor, top_k: int, vocab: int, shar
     t0 = time.perf_counter()
     if todo:
         _fill_shards(root, teacher, tokens, todo, meta, batch_size, chunk_size, procs.rank)
+        teacher = None
+        if torch.cuda.is_available():  # the teacher's blocks go back before the student trains
+            torch.cuda.empty_cache()
     record = {"rank": procs.rank, "shards": len(mine), "written_now": len(todo), "seconds": round(time.perf_counter() - t0, 2),
               "tokens": sum(min(shard_blocks, n_blocks - s * shard_blocks) for s in mine) * seq_len}
     write_json_atomic(root / f"fill-rank-{procs.rank}.json", record)

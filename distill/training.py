@@ -175,7 +175,7 @@ def make_accelerator(dtype: str, unused_params: bool = False):
         raise DistillError("accelerate's own FSDP plugin is on (distributed_type: FSDP in the accelerate "
                            "config); distill shards the model itself",
                            "set train.parallel: fsdp in the recipe and launch with "
-                           "configs/accelerate/multi-gpu.yaml (or torchrun)")
+                           "configs/accelerate/ddp-gpu.yaml (a plain multi-GPU launch) or torchrun")
     cuda = torch.cuda.is_available()
     precision = "bf16" if dtype == "bfloat16" or (dtype == "auto" and cuda) else "no"
     ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_params)

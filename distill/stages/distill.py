@@ -157,7 +157,6 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
     if n_student > n_teacher:
         logger.warning("the student (%d params) is larger than the teacher (%d): distillation usually "
                        "compresses; check student.init / student.model", n_student, n_teacher)
-    student.to(ctx.device)
     extra: dict = {"student_init": info, "vocab_compared": vocab, "student_params": n_student,
                    "teacher_params": n_teacher}
 
@@ -189,6 +188,7 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
     elif teacher is not None:
         teacher.to(ctx.device)
         teacher_head = students.output_head(teacher)[:vocab]
+    student.to(ctx.device)  # after the fill: a filling process's GPU holds the teacher until then
     need_teacher = loss_spec.kd_weight > 0 or loss_spec.hidden_weight > 0
 
     def step(batch: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
