@@ -51,6 +51,13 @@ def isa() -> str:
 
 def precision(spec) -> dict:
     """What the exported graphs really compute in: the manifest's `precision`, the record's dtype."""
+    found = _precision(spec)
+    if spec.keep_float and spec.quantize != "none":
+        found["kept_float"] = list(spec.keep_float)  # nodes matching these stay fp32
+    return found
+
+
+def _precision(spec) -> dict:
     if spec.quantize == "none":
         return {"dtype": "float32", "weights": "float32", "activations": "float32", "bits": 32}
     if spec.quantize == "int4":
@@ -194,24 +201,29 @@ def op_counts(model) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------ quantization
-def _int8_dynamic(src: str, dst: str, per_channel: bool, chip: str) -> None:
+def kept_float(model, patterns: list[str]) -> list[str]:
+    """Names of the nodes (subgraphs included) that `keep_float` leaves unquantized."""
+    return [n.name for g in _walk(model.graph) for n in g.node if any(p in n.name for p in patterns)]
+
+
+def _int8_dynamic(src: str, dst: str, per_channel: bool, chip: str, exclude: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight = QuantType.QUInt8 if chip == "avx2" else QuantType.QInt8
     quantize_dynamic(src, dst, per_channel=per_channel, reduce_range=False, weight_type=weight,
-                     extra_options={"EnableSubgraph": True})
+                     nodes_to_exclude=exclude, extra_options={"EnableSubgraph": True})
 
 
-def _int8_static(src: str, dst: str, per_channel: bool, feeds: list[dict]) -> None:
+def _int8_static(src: str, dst: str, per_channel: bool, feeds: list[dict], exclude: list[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(src, dst, _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
+                    calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
-def _int4(model, spec, feeds: list[dict] | None):
+def _int4(model, spec, feeds: list[dict] | None, exclude: list[str]):
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         GPTQWeightOnlyQuantConfig,
@@ -229,7 +241,8 @@ def _int4(model, spec, feeds: list[dict] | None):
         config = GPTQWeightOnlyQuantConfig(calibration_data_reader=_Reader(feeds),
                                            block_size=spec.block_size)
     quantizer = MatMulNBitsQuantizer(model, block_size=spec.block_size, is_symmetric=True,
-                                     accuracy_level=INT4_ACCURACY_LEVEL, algo_config=config)
+                                     accuracy_level=INT4_ACCURACY_LEVEL, nodes_to_exclude=exclude,
+                                     algo_config=config)
     quantizer.process()
     return quantizer.model.model
 
@@ -253,25 +266,27 @@ def quantize(out: Path, graphs: list[str], spec, calibration: dict | None) -> di
             raise DistillError(f"int4 gptq cannot quantize '{name}' (a merged decoder with If "
                                "subgraphs)", "use int4_method: rtn or hqq for Whisper")
         untied = untie_head(model)
+        exclude = kept_float(model, spec.keep_float)
         tmp = path.with_name(f".{name}.tmp")
         how = spec.quantize
         if spec.quantize == "int4":
             feeds = _feeds(path, calibration) if spec.int4_method == "gptq" else None
-            onnx.save(_int4(model, spec, feeds), str(tmp))
+            onnx.save(_int4(model, spec, feeds, exclude), str(tmp))
         else:
             onnx.save(model, str(tmp))  # untied fp32 input for the INT8 quantizers
             if spec.quantize == "int8-static" and not _has_subgraphs(model):
-                _int8_static(str(tmp), str(path), spec.per_channel, _feeds(tmp, calibration))
+                _int8_static(str(tmp), str(path), spec.per_channel, _feeds(tmp, calibration), exclude)
             else:
                 if spec.quantize == "int8-static":
                     how = "int8-dynamic (If subgraphs: static calibration cannot observe them)"
-                _int8_dynamic(str(tmp), str(path), spec.per_channel, chip)
+                _int8_dynamic(str(tmp), str(path), spec.per_channel, chip, exclude)
         if tmp.exists() and spec.quantize == "int4":
             tmp.replace(path)
         tmp.unlink(missing_ok=True)
         for leftover in path.parent.glob(f"{name}_data"):
             leftover.unlink()
-        done["graphs"][name] = {"method": how, "untied": untied, "bytes": path.stat().st_size}
+        done["graphs"][name] = {"method": how, "untied": untied, "bytes": path.stat().st_size,
+                                "kept_float": {"patterns": spec.keep_float, "nodes": len(exclude)}}
         logger.info("quantized %s: %s, %.1f MB", name, how, path.stat().st_size / 1e6)
     return done
 

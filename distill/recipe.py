@@ -448,6 +448,9 @@ class ExportStage(InputStage):
     block_size: int = Field(32, ge=16, le=256, description="int4: weights per scale (power of 2; "
                             "smaller = more accurate, larger file)")
     calibration: CalibrationSpec | None = Field(None, description="data for int8-static and int4 gptq")
+    keep_float: list[str] = Field(default_factory=list, description="ONNX node-name substrings left "
+                                  "in fp32 by the quantizers, e.g. [down_proj] (LM layers whose inputs "
+                                  "carry activation outliers), [lm_head], [embed_tokens]")
     gate: GateSpec | None = Field(None, description="fail the recipe when the output drifts from the input")
 
     @model_validator(mode="after")

@@ -200,6 +200,20 @@ def test_records_say_what_really_runs_and_its_real_size(run):
 
 
 @pytest.mark.slow
+def test_keep_float_leaves_the_named_layers_in_fp32(run):
+    import onnx
+
+    art = run.artifacts["onnx-int8-static"]
+    assert art.extra["quantization"]["graphs"]["model.onnx"]["kept_float"]["nodes"] >= 1
+    model = onnx.load(str(Path(art.path) / "model.onnx"))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    down = [n for n in model.graph.node if "down_proj" in n.name and n.op_type == "MatMul"]
+    assert down and all(inits.get(n.input[1]) == onnx.TensorProto.FLOAT for n in down)
+    up = [n for n in model.graph.node if "up_proj" in n.name]
+    assert not any(n.op_type == "MatMul" and inits.get(n.input[1]) == onnx.TensorProto.FLOAT for n in up)
+
+
+@pytest.mark.slow
 def test_gates_record_both_numbers_in_the_manifest(run):
     for name in ("onnx", "onnx-int8", "torch-int8"):
         check = artifacts.load(run.artifacts[name].path).extra["gate"]
