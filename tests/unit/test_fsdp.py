@@ -1,7 +1,7 @@
 """FSDP (train.parallel: fsdp, FSDP2 fully_shard) on 2 CPU processes (torchrun + gloo).
 
-The tiny MoE -> dense twin (an MoE trained from scratch, then distilled through the offline cache
-into a dense student) ends with the weights of a 1-process run with the same global batch
+The tiny MoE -> dense twin (an MoE trained from scratch, then distilled through the offline cache,
+filled by both processes, into a dense student) ends with the weights of a 1-process run with the same global batch
 (tolerance 1e-5 absolute: the reduce-scatter sums in another order than one process does; measured
 ~2e-7), resumes exactly (bit-identical) from its FULL state-dict checkpoint, and a resume with
 another process count is refused. Bad input (a batch the world size cannot split, a model the wrap
@@ -10,6 +10,7 @@ policy cannot shard) is refused with one error.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -72,6 +73,9 @@ def runs(tmp_path_factory):
 def test_fsdp_two_processes_match_one_process(runs):
     one, two = runs
     assert max_diff(one, two) <= 1e-5
+    cache = json.loads((two / "artifacts" / "dense" / "manifest.json").read_text())["extra"]["teacher_cache"]
+    assert cache["fill_processes"] == 2 and [r["rank"] for r in cache["per_process"]] == [0, 1]
+    assert all(r["shards"] > 0 for r in cache["per_process"])  # both processes filled shards
     for stage in STAGES:  # checkpoint at step 3 of 6, written once by rank 0, full state dict
         (ckpt,) = list((two / "checkpoints" / stage).iterdir())
         assert ckpt.name == "step-0000003"

@@ -83,3 +83,23 @@ def test_lm_readme_numbers_match_the_smollm2_kd_records():
     assert f"{items} evenly spread mmlu-mini items" in text
     claimed = {int(n.replace(",", "")) for n in re.findall(r"\*\*([\d,]+) documents\*\*", text)}
     assert claimed == {docs}
+
+
+def test_asset_check_readme_counts_match_their_records():
+    text = (RESULTS / "assets" / "README.md").read_text()
+    checked = 0
+    for line in text.splitlines():
+        row = re.match(r"\| `([^`]+\.json)` \| (.*) \|$", line)
+        if not row:
+            continue
+        rec = json.loads((RESULTS / "assets" / row[1]).read_text())
+        if found := re.search(r"\((\d+) utts, ([\d.]+) s\)", row[2]):
+            assert (int(found[1]), float(found[2])) == (rec["n_utterances"], round(rec["audio_seconds"], 1))
+            checked += 1
+        if found := re.search(r"\((\d+) clips, (\d+) scored\)", row[2]):
+            assert (int(found[1]), int(found[2])) == (rec["n_utterances"], rec["n_scored"])
+            checked += 1
+        if found := re.search(r"on (\d+) held-out", row[2]):
+            assert int(found[1]) == rec["n_texts"]
+            checked += 1
+    assert checked >= 3
