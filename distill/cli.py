@@ -137,9 +137,9 @@ def _validate(args) -> int:
     for note in recipe.check_references(r):
         print(f"note: {note}", file=sys.stderr)
     if args.deep:
-        from distill import checks
+        from distill import config_checks
 
-        checks.deep(r)
+        config_checks.deep(r)
     if args.print_:
         print(recipe.dump(r), end="")
     kinds = " -> ".join(recipe.stage_name(i, s) for i, s in enumerate(r.stages))

@@ -10,7 +10,7 @@ runs/<run_id>/
 
 A stage whose artifact has a manifest is finished and is skipped on `--resume`; anything else
 is redone, continuing from its latest checkpoint. The whole recipe is checked before the run
-directory exists (`check_references` + `checks.deep`), so bad input never leaves a half run. A
+directory exists (`check_references` + `config_checks.deep`), so bad input never leaves a half run. A
 resume refuses a recipe edited since the start (its sha256 differs from provenance.json) unless
 forced, checks the checkpoints it will read, and trims metrics.jsonl to them, so redone steps are
 not logged twice.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from distill import artifacts, checks, provenance
+from distill import artifacts, config_checks, provenance
 from distill import recipe as recipe_mod
 from distill.artifacts import Artifact
 from distill.context import Processes, RunContext, join_processes
@@ -216,7 +216,7 @@ def check(recipe: Recipe) -> None:
     checks that need transformers (inline configs built on the meta device, hub reachability)."""
     for note in recipe_mod.check_references(recipe, strict=True):
         logger.warning(note)
-    checks.deep(recipe)
+    config_checks.deep(recipe)
 
 
 def run(recipe_path: str | Path | None = None, overrides: list[str] | None = None,

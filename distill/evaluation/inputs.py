@@ -19,7 +19,7 @@ WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "*.gguf")
 
 def check_args(model: str, batch_size: int | None, threads: int | None, results_dir: Path) -> None:
     """Arguments and the results directory, before anything loads."""
-    from distill import checks
+    from distill import checks, config_checks
 
     if batch_size is not None and batch_size < 1:
         raise DistillError(f"--batch-size {batch_size} is not positive", "pass --batch-size N with N >= 1")
@@ -29,8 +29,8 @@ def check_args(model: str, batch_size: int | None, threads: int | None, results_
     path = Path(model).expanduser()
     if path.is_dir():
         check_not_killed_stage(path)
-    elif not model.startswith("asset:") and checks.is_hub_id(model, _looks_local):
-        checks.require_hub([("model", model)])
+    elif not model.startswith("asset:") and config_checks.is_hub_id(model, _looks_local):
+        config_checks.require_hub([("model", model)])
 
 
 def _looks_local(source: str) -> bool:

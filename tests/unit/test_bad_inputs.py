@@ -100,6 +100,9 @@ def test_validate_bad_files(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     check_case(["validate", TINY, f"stages.0.data.source={empty}"], "holds no text", [tmp_path])
+    small = tmp_path / "small.txt"
+    small.write_text("hello world\n")
+    check_case(["validate", TINY, f"stages.0.data.source={small}"], "fewer than one block", [tmp_path])
     bad_jsonl = tmp_path / "rows.jsonl"
     bad_jsonl.write_text('{"txt": "no text key"}\n')
     check_case(["validate", TINY, f"stages.0.data.source={bad_jsonl}"], "'text' field", [tmp_path])
