@@ -7,7 +7,8 @@ then 2 optimizer steps. No Qwen3-ASR weights exist offline, so this measures mem
 real-size pipeline runs, not accuracy.
 
 The variant is chosen by the plan: the first of (fp32 student, trainable encoder) -> (fp32, frozen
-encoder) -> (bf16 student) -> (bf16, frozen) -> (bf16, frozen, batch 1) whose plan estimate plus the
+encoder) -> (bf16 student) -> (bf16, frozen) -> (bf16, frozen, batch 1) -> (the same at half depth:
+real widths and vocabulary, half the encoder and decoder layers) whose plan estimate plus the
 measured Python runtime fits in the memory available now minus a safety margin (the machine is
 shared). The run is a fresh `python -m distill run` child; its ru_maxrss is the measured peak.
   python bench/qwen3_asr_real_shape.py            -> bench/results/qwen3_asr_real_shape.{json,md}
@@ -29,12 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 GIB = 1024**3
 CLIP_S = 10.0
-VARIANTS = [  # (name, student dtype, freeze encoder, batch)
-    ("fp32-student", "float32", False, 2),
-    ("fp32-student-frozen-encoder", "float32", True, 2),
-    ("bf16-student", "bfloat16", False, 2),
-    ("bf16-student-frozen-encoder", "bfloat16", True, 2),
-    ("bf16-student-frozen-encoder-batch1", "bfloat16", True, 1),
+VARIANTS = [  # (name, student dtype, freeze encoder, batch, depth: share of encoder/decoder layers kept)
+    ("fp32-student", "float32", False, 2, 1.0),
+    ("fp32-student-frozen-encoder", "float32", True, 2, 1.0),
+    ("bf16-student", "bfloat16", False, 2, 1.0),
+    ("bf16-student-frozen-encoder", "bfloat16", True, 2, 1.0),
+    ("bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 1.0),
+    # Real widths and vocabulary, half the layers of both models: when the machine is too busy.
+    ("half-depth-bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 0.5),
 ]
 RUNTIME_CHILD = ("import resource, torch, transformers, qwen_asr, distill.stages.distill_qwen3_asr\n"
                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
@@ -78,6 +81,19 @@ def recipe(manifest: Path, teacher: str, student: str, dtype: str, frozen: bool,
         "train": {"steps": 2, "batch_size": batch, "lr": 1.0e-5, "log_every": 1, "checkpoint_every": 100}}]}
 
 
+def shallower(config_dir: str, depth: float, out: Path) -> str:
+    """A copy of a shape-only config with `depth` of its encoder and decoder layers."""
+    if depth == 1.0:
+        return config_dir
+    cfg = json.loads((ROOT / config_dir / "config.json").read_text())
+    audio, text = cfg["thinker_config"]["audio_config"], cfg["thinker_config"]["text_config"]
+    audio["encoder_layers"] = round(audio["encoder_layers"] * depth)
+    text["num_hidden_layers"] = round(text["num_hidden_layers"] * depth)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return str(out)
+
+
 def runtime_kib(env: dict) -> int:
     res = subprocess.run([sys.executable, "-c", RUNTIME_CHILD], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True)
@@ -108,12 +124,15 @@ def main() -> None:
     avail = available_gib()
     budget = avail - args.margin_gib
     plans, chosen = [], None
-    for name, dtype, frozen, batch in VARIANTS:
-        data = recipe(manifest, args.teacher, args.student, dtype, frozen, batch, work / "runs")
+    for name, dtype, frozen, batch, depth in VARIANTS:
+        teacher_dir = shallower(args.teacher, depth, work / f"configs-{depth}" / "teacher")
+        student_dir = shallower(args.student, depth, work / f"configs-{depth}" / "student")
+        data = recipe(manifest, teacher_dir, student_dir, dtype, frozen, batch, work / "runs")
         stage = recipe_mod.build(data).stages[0]
         est, teacher, student = estimate_bytes(stage)
         total = est / GIB + base_kib / 1024**2
         plans.append({"variant": name, "student_dtype": dtype, "freeze_encoder": frozen, "batch": batch,
+                      "depth": depth, "teacher_params": teacher.params, "student_params": student.params,
                       "plan_gib": round(est / GIB, 3), "plan_plus_runtime_gib": round(total, 3),
                       "fits_budget": total <= budget})
         if chosen is None and total <= budget:
@@ -146,7 +165,7 @@ def main() -> None:
         "command": "python bench/qwen3_asr_real_shape.py", "threads": args.threads,
         "load_average_before": load_before, "load_average_after": Path("/proc/loadavg").read_text().split()[:3],
         "available_gib_at_start": round(avail, 2), "margin_gib": args.margin_gib,
-        "teacher_params": teacher.params, "student_params": student.params, "chosen": info,
+        "chosen": info,
         "variants": plans, "runtime_gib": round(base_kib / 1024**2, 3),
         "plan_estimate_gib": info["plan_gib"], "plan_plus_runtime_gib": info["plan_plus_runtime_gib"],
         "measured_peak_rss_gib": round(peak, 3),
@@ -163,7 +182,8 @@ def main() -> None:
         f"`{result['command']}`, {args.threads} threads, load average before {' '.join(load_before)}, after "
         f"{' '.join(result['load_average_after'])}; {avail:.1f} GiB available at start, {args.margin_gib} GiB "
         f"left for other users.\n\n| variant | plan GiB | plan + runtime GiB | fits budget |\n|---|---|---|---|\n"
-        f"{rows}\n\nRan **{info['variant']}**: measured peak RSS {peak:.2f} GiB vs plan {info['plan_gib']:.2f} + "
+        f"{rows}\n\nRan **{info['variant']}** (teacher {info['teacher_params'] / 1e9:.3f}B params bf16, student "
+        f"{info['student_params'] / 1e9:.3f}B {info['student_dtype']}, batch {info['batch']} x {CLIP_S:g} s): measured peak RSS {peak:.2f} GiB vs plan {info['plan_gib']:.2f} + "
         f"Python runtime {base_kib / 1024**2:.2f} = {info['plan_plus_runtime_gib']:.2f} GiB "
         f"(ratio {result['measured_over_plan_plus_runtime']:.2f}); wall {wall:.0f} s.\n\n"
         "Steps: " + ", ".join(f"step {s['step']} loss {s['loss']:.3f} (kd {s['kd']:.3f}, ce {s['ce']:.3f})"

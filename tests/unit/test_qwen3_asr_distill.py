@@ -228,3 +228,24 @@ def test_validate_does_not_import_torch():
             "assert 'torch' not in sys.modules and 'qwen_asr' not in sys.modules, 'heavy import'\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+def test_interrupted_stage_resumes_to_the_same_weights(tmp_path, teacher_dir, manifest):
+    """A stage killed after its step-2 checkpoint, resumed: identical weights to the uninterrupted
+    run, and the cached pseudo-labels are read, not recomputed."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    result = _run(tmp_path, teacher_dir, manifest, "stages.0.train.steps=4", "stages.0.train.checkpoint_every=2",
+                  "stages.0.train.batch_size=1", "stages.0.data.max_items=2")
+    art = result.artifacts["distill"].path
+    whole = load_file(art / "model.safetensors")
+    labels = result.run_dir / "pseudo_labels" / "distill" / "labels.jsonl"
+    stamp = labels.stat().st_mtime_ns
+    shutil.rmtree(art)  # as if killed between the checkpoint and the end of the stage
+    resumed = runner.run(resume=result.run_dir)
+    again = load_file(resumed.artifacts["distill"].path / "model.safetensors")
+    assert whole.keys() == again.keys() and all((whole[k] == again[k]).all() for k in whole)
+    assert labels.stat().st_mtime_ns == stamp
