@@ -57,14 +57,19 @@ def config_dict(ref, ctx_dirs: dict) -> dict:
         return ctx_dirs[name]
     cfg = qwen3_asr.source_config(ref.source)
     if cfg is None:
+        from distill.config_checks import require_hub
+
+        fix = ("plan with the shape-only configs: vars.teacher=recipes/asr/configs/qwen3-asr-1.7b "
+               "vars.student=recipes/asr/configs/qwen3-asr-0.6b")
         try:
+            require_hub([("plan", ref.source)])  # offline and not cached: one line now, not retries
             from huggingface_hub import hf_hub_download
 
             cfg = json.loads(Path(hf_hub_download(ref.source, "config.json")).read_text())
-        except Exception:  # noqa: BLE001 - offline or unknown id: one clear line instead
-            raise DistillError(f"plan: no config for '{ref.source}' (offline, hub ids need a local copy)",
-                               "plan with the shape-only configs: vars.teacher=recipes/asr/configs/"
-                               "qwen3-asr-1.7b vars.student=recipes/asr/configs/qwen3-asr-0.6b") from None
+        except DistillError as exc:
+            raise DistillError(exc.problem, fix) from None
+        except Exception:  # noqa: BLE001 - unknown id or a broken download: one clear line instead
+            raise DistillError(f"plan: no config for '{ref.source}'", fix) from None
     return cfg
 
 
