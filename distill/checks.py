@@ -226,8 +226,10 @@ def check_models(stage, where: str, facts=config_of) -> None:
 
 
 # -------------------------------------------------------------------------------------- eval
-def check_eval(recipe) -> None:
-    """The eval block's suite exists, its baseline is one of the run's evaluated models."""
+def check_eval(recipe, strict: bool = False) -> None:
+    """The eval block's suite exists, its baseline is one of the run's evaluated models; with
+    `strict` (run start) the suite's data assets are installed, or the run would fail after
+    training."""
     spec = recipe.eval
     if spec is None:
         return
@@ -236,8 +238,13 @@ def check_eval(recipe) -> None:
 
     try:
         suite = load_suite(spec.suite)
-        for task in suite.tasks:
-            load_task(task)
+        tasks = [load_task(task) for task in suite.tasks]
+        if strict:
+            from distill.assets import asset_path
+
+            for task in tasks:
+                if task.dataset.startswith("asset:"):
+                    asset_path(task.dataset.removeprefix("asset:"))
     except DistillError as exc:
         raise DistillError(f"eval.suite: {exc.problem}", exc.fix) from None
     first = recipe.stages[0]
@@ -254,8 +261,9 @@ def check_eval(recipe) -> None:
         check_writable_dir(spec.results_dir, "eval.results_dir")
 
 
-def check(recipe) -> None:
-    """The torch-free checks (see the module doc); raises the first problem as a DistillError."""
+def check(recipe, strict: bool = False) -> None:
+    """The torch-free checks (see the module doc); raises the first problem as a DistillError.
+    `strict` (run start): what a run needs must exist now, not just be named correctly."""
     check_writable_dir(recipe.output_dir, "output_dir")
     check_stage_code(recipe)
     for i, stage in enumerate(recipe.stages):
@@ -263,4 +271,4 @@ def check(recipe) -> None:
         if data is not None:
             check_text_data(data, f"stages.{i}.data")
         check_models(stage, f"stages.{i}")
-    check_eval(recipe)
+    check_eval(recipe, strict)

@@ -953,7 +953,7 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
         if source is None:
             return
         if source.startswith("asset:"):
-            notes.extend(_check_asset(source.removeprefix("asset:"), where))
+            notes.extend(_check_asset(source.removeprefix("asset:"), where, strict))
         elif source.startswith("stage:"):
             name = source.removeprefix("stage:")
             if name not in earlier:
@@ -979,7 +979,7 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
         earlier.append(stage_name(i, stage))
     from distill import checks  # output dir, stage code, data, eval block, model configs (torch-free)
 
-    checks.check(r)
+    checks.check(r, strict)
     from distill import preflight  # compression stages vs their model's config (torch-free)
 
     preflight.check(r, strict)
@@ -989,7 +989,9 @@ def check_references(r: Recipe, strict: bool = False) -> list[str]:
     return notes
 
 
-def _check_asset(asset_id: str, where: str) -> list[str]:
+def _check_asset(asset_id: str, where: str, strict: bool = False) -> list[str]:
+    """An unknown id is an error; one not installed is a note for `validate`, an error for `run`
+    (which would otherwise fail after creating its run directory)."""
     try:
         from distill.assets import ASSETS
     except ImportError:  # asset registry unavailable: leave the check to load time
@@ -1006,6 +1008,8 @@ def _check_asset(asset_id: str, where: str) -> list[str]:
         from distill.assets import asset_path
 
         asset_path(asset_id)
-    except DistillError:
+    except DistillError as exc:
+        if strict:
+            raise DistillError(f"{where}: {exc.problem}", exc.fix) from None
         return [f"{where}: asset '{asset_id}' is not installed yet (distill assets install {asset_id})"]
     return []

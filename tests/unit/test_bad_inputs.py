@@ -117,6 +117,17 @@ def test_report_and_cache_errors(tmp_path):
         check_case(args, "is a file, not a directory", [tmp_path], env={"DISTILL_CACHE": str(a_file)})
 
 
+def test_run_needs_its_assets_installed_before_writing(tmp_path):
+    """validate notes a missing asset; run refuses it before the run dir exists (eval data too)."""
+    cache = tmp_path / "empty-cache"
+    cache.mkdir()
+    env = {"DISTILL_CACHE": str(cache)}
+    ok = distill("validate", TINY, "eval.suite=lm", env=env)
+    assert ok.returncode == 0 and "not installed" not in ok.stderr  # the suite's data is a run-time need
+    check_case(["run", TINY, f"output_dir={tmp_path / 'runs'}", "eval.suite=lm"],
+               "asset 'mmlu-mini' is not installed", [tmp_path], env=env)
+
+
 def test_read_only_cache_install_is_one_error(tmp_path):
     """A read-only filesystem (root ignores permission bits, so a mount in a private namespace)."""
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
