@@ -65,6 +65,9 @@ details { margin-top:10px; }
 summary { cursor:pointer; color:var(--accent); font-weight:600; }
 details table { margin-top:6px; font-size:12px; }
 details td, details th { text-align:left; }
+details code { white-space:normal; word-break:break-word; }
+table.cond td:nth-child(2) { min-width:280px; }
+table.cond td:last-child { min-width:210px; white-space:nowrap; }
 .pred { color:var(--bad); }
 .plots { display:flex; flex-wrap:wrap; gap:16px; margin:8px 0 12px; }
 figure { flex:1 1 560px; max-width:720px; margin:0; background:var(--card); border:1px solid var(--line);
@@ -192,31 +195,43 @@ def _family_table(sec: Section, family: str, recs: list[Record]) -> str:
     return f"<table><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _amount(t) -> str:
+    return f"{t.value / 1e9:.2f} GB" if t.unit == "bytes" else f"{t.value:.4g} {t.unit}"
+
+
+def _load(before, after) -> str:
+    if not before:
+        return "not recorded"
+    return f"{before[0]} → {(after or ['?'])[0]}"
+
+
 def _conditions(recs: list[Record]) -> str:
-    head = ["artifact", "suite", "command", "commit", "threads", "batch", "limit", "load avg before → after",
-            "evaluated", "wall s", "speed numbers"]
+    head = ["artifact · suite", "command", "commit", "threads · batch · limit", "load (1 min) before → after",
+            "evaluated · wall", "speed and memory"]
     rows = []
     for r in recs:
         for name, run in r.suites.items():
             commit = (f"<code>{e(run.git_sha[:10])}</code>" + (' <span class="chip warn">dirty tree</span>'
                                                                 if run.git_dirty else "")) if run.git_sha else "unknown"
-            load = (f"{run.load_avg_before} → {run.load_avg_after}" if run.load_avg_before else "not recorded")
-            speeds = "<br>".join(f"{e(t.kind)} = {t.value:.4g} {e(t.unit)}" for t in r.throughput
-                                 if t.suite == name and t.kind != "peak_gpu_allocated_bytes")
-            extra = ""
+            speeds = "<br>".join(f"{e(t.kind)} {e(_amount(t))}" for t in r.throughput
+                                if t.suite == name and t.kind != "peak_gpu_allocated_bytes")
+            notes = ""
             if run.rescored:
-                extra += f'<span class="sub">re-scored {e(run.rescored.get("created", "")[:10])}: ' \
-                         f'<code>{e(run.rescored.get("command", ""))}</code></span>'
+                notes += (f'<span class="sub">re-scored {e(run.rescored.get("created", "")[:10])}: '
+                          f'<code>{e(run.rescored.get("command", ""))}</code></span>')
             if run.note:
-                extra += f'<span class="sub">{e(run.note)}</span>'
-            cells = [e(r.artifact_id), e(name), f"<code>{e(run.command or '?')}</code>{extra}", commit,
-                     e(run.threads if run.threads is not None else "?"),
-                     e(run.batch_size if run.batch_size is not None else "?"), e(run.limit or "all"), e(load),
-                     e((run.created or "")[:16].replace("T", " ")),
-                     e(run.eval_wall_s if run.eval_wall_s is not None else ""), speeds]
+                notes += f'<span class="sub">{e(run.note)}</span>'
+            setting = " · ".join(e(x if x is not None else "?") for x in (run.threads, run.batch_size))
+            when = e((run.created or "")[:16].replace("T", " "))
+            if run.eval_wall_s is not None:
+                when += f" · {run.eval_wall_s:.0f} s"
+            cells = [f"{e(r.artifact_id)}<span class=\"sub\">{e(name)}</span>", f"<code>{e(run.command or '?')}</code>{notes}",
+                     commit, f"{setting} · {e(run.limit or 'all')}",
+                     f'<span title="1/5/15 min: {e(run.load_avg_before)} → {e(run.load_avg_after)}">'
+                     f"{e(_load(run.load_avg_before, run.load_avg_after))}</span>", when, speeds]
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return ("<details><summary>Conditions per suite (what each number depends on)</summary><table><thead><tr>"
-            + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows)
+    return ('<details><summary>Conditions per suite (what each number depends on)</summary><table class="cond">'
+            "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>" + "".join(rows)
             + "</tbody></table></details>")
 
 
