@@ -8,9 +8,9 @@ real-size pipeline runs, not accuracy.
 
 The variant is chosen by the plan: the first of (fp32 student, trainable encoder) -> (fp32, frozen
 encoder) -> (bf16 student) -> (bf16, frozen) -> (bf16, frozen, batch 1) -> (the same at half depth:
-real widths and vocabulary, half the encoder and decoder layers) whose plan estimate plus the
-measured Python runtime fits in the memory available now minus a safety margin (the machine is
-shared). The run is a fresh `python -m distill run` child; its ru_maxrss is the measured peak.
+real widths and vocabulary, half, then a quarter of the encoder and decoder layers) whose plan
+estimate plus the measured Python runtime fits in the memory available now minus a safety margin
+(the machine is shared). The run is a fresh `python -m distill run` child; its ru_maxrss is the measured peak.
   python bench/qwen3_asr_real_shape.py            -> bench/results/qwen3_asr_real_shape.{json,md}
   python bench/qwen3_asr_real_shape.py --dry-run  (print the variants and the choice only)
 """
@@ -38,6 +38,7 @@ VARIANTS = [  # (name, student dtype, freeze encoder, batch, depth: share of enc
     ("bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 1.0),
     # Real widths and vocabulary, half the layers of both models: when the machine is too busy.
     ("half-depth-bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 0.5),
+    ("quarter-depth-bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 0.25),
 ]
 RUNTIME_CHILD = ("import resource, torch, transformers, qwen_asr, distill.stages.distill_qwen3_asr\n"
                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")

@@ -47,6 +47,11 @@ def _config_for(ref, ctx_dirs: dict[str, object]):
     from transformers import AutoConfig
 
     if ref.config is not None:
+        from distill.config_checks import check_inline_config
+
+        checked = check_inline_config(ref.config, "model")  # unknown type/keys: one error line
+        if checked is not None:
+            return checked
         cfg = dict(ref.config)
         return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
     source = ref.source
@@ -255,11 +260,12 @@ def plan(recipe_path: str, overrides: list[str]) -> str:
             out.append(f"\nstage {name} (train): {m.config.model_type} {m.params / 1e6:.1f}M params "
                        f"({m.active_params / 1e6:.1f}M active/token), {m.layers} layers")
             dirs[name] = cfg
-        elif stage.kind == "distill-qwen3-asr":
+        elif stage.kind in ("distill-qwen3-asr", "distill-asr"):
             from distill import plan_asr
 
-            out.extend(plan_asr.stage_lines(stage, name, dirs, device_gib, DEVICE_COUNTS,
-                                            None if cuda else plan_asr.available_gib()))
+            lines = plan_asr.stage_lines if stage.kind == "distill-qwen3-asr" else plan_asr.whisper_lines
+            out.extend(lines(stage, name, dirs, device_gib, DEVICE_COUNTS,
+                             None if cuda else plan_asr.available_gib()))
         else:
             out.append(f"\nstage {name} ({stage.kind}): not planned (no training memory to estimate)")
     return "\n".join(out)

@@ -214,3 +214,70 @@ def available_gib() -> float | None:
     except OSError:
         return None
     return None
+
+
+# ------------------------------------------------------------------------------ Whisper (distill-asr)
+def _whisper_shape(cfg: dict):
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(WhisperConfig(**{k: v for k, v in cfg.items() if k != "model_type"}))
+    enc = sum(p.numel() for p in model.model.encoder.parameters())
+    return sum(p.numel() for p in model.parameters()), enc, model.config
+
+
+def whisper_lines(stage, name: str, dirs: dict, device_gib: float, device_counts, host_gib=None) -> list[str]:
+    """The report block of a distill-asr (Whisper) stage: the student trains from the teacher's
+    cached outputs (the teacher is freed first), so the peak is the larger of the cache fill
+    (teacher forward) and a training step."""
+    t_cfg = config_dict(stage.teacher, dirs)
+    spec = stage.student
+    if spec.init == "model":
+        s_cfg = config_dict(spec.model, dirs)
+    else:
+        s_cfg = dict(t_cfg)
+        if spec.decoder_layers is not None:
+            s_cfg["decoder_layers"] = spec.decoder_layers
+        if spec.encoder_layers is not None:
+            s_cfg["encoder_layers"] = spec.encoder_layers
+        if spec.window_seconds is not None:
+            s_cfg["max_source_positions"] = spec.window_seconds * 50
+    t_params, t_enc, tc = _whisper_shape(t_cfg)
+    s_params, s_enc, sc = _whisper_shape(s_cfg)
+    dirs[name] = s_cfg
+    tr = stage.train
+    frames = sc.max_source_positions  # 20 ms each; Whisper pads every clip to its window
+    labels = min(sc.max_target_positions, int(stage.data.max_seconds * LABEL_TOKENS_PER_S) + 4)
+    trains_encoder = not stage.freeze_encoder or spec.encoder_layers is not None
+    trainable = s_params - (0 if trains_encoder else s_enc)
+    compute = 2 if tr.dtype in ("bfloat16", "auto") else 4
+    act = compute / 2
+    b, d = tr.batch_size, sc.d_model
+    s_act = sc.decoder_layers * b * labels * d * 34 * act + sc.decoder_layers * b * frames * d * 2 * compute
+    if trains_encoder:
+        s_act += sc.encoder_layers * b * frames * d * 34 * act
+    t_bytes = DTYPE_BYTES[stage.teacher.dtype]
+    out = [f"\nstage {name} (distill-asr, Whisper{', frozen encoder' if not trains_encoder else ''}):"]
+    for who, (p, e, c) in (("teacher", (t_params, t_enc, tc)), ("student", (s_params, s_enc, sc))):
+        out.append(f"  {who:8s} whisper    {p / 1e6:7.1f}M params = encoder {e / 1e6:.1f}M ({c.encoder_layers} layers, "
+                   f"{c.max_source_positions // 50} s window) + decoder {(p - e) / 1e6:.1f}M ({c.decoder_layers} layers), "
+                   f"d {c.d_model}, vocab {c.vocab_size}")
+    out.append(f"  batch {b} x {labels} label tokens x {frames} encoder frames, compute "
+               f"{'bf16 (GPU autocast)' if compute == 2 else 'fp32'}; the teacher fills the cache "
+               f"({stage.cache.batch_size} clips per forward) and is freed before training")
+    rows = [("student weights (fp32)", s_params * 4, True), ("student gradients", trainable * 4, True),
+            ("AdamW moments (2 x fp32)", trainable * 8, True),
+            ("student activations", s_act, False),
+            ("logits (full vocab, label tokens)", b * labels * sc.vocab_size * 4 * 3, False)]
+    totals = table(out, rows, device_counts)
+    fill = t_params * t_bytes + stage.cache.batch_size * frames * tc.d_model * 20 * t_bytes / 2
+    out.append(f"  {'cache fill peak (teacher forward)':38s}" + "".join(f"{fill / GIB:10.2f}" for _ in device_counts))
+    verdicts = [f"{n} device(s): {'fits' if max(totals[n], fill) / GIB <= device_gib * 0.9 else 'does NOT fit'}"
+                for n in device_counts]
+    out.append(f"  verdict vs {device_gib:.0f} GiB/device (90 % usable): " + "; ".join(verdicts))
+    if host_gib is not None:
+        cpu = max(sum(r[1] for r in rows) + s_act * (4 / compute - 1), fill)
+        out.append(f"  on this CPU (fp32): {cpu / GIB:.2f} GiB + the Python runtime vs {host_gib:.1f} GiB "
+                   f"available now: {'fits' if cpu / GIB <= host_gib * 0.9 else 'does NOT fit'}")
+    return out

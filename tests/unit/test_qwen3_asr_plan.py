@@ -40,3 +40,17 @@ def test_real_shapes_match_published_totals_and_memory_follows_batch_and_audio(m
     assert "AdamW moments (2 x student dtype)           2.91" in half
     huge = plan(RECIPE, [*SHAPES, "stages.0.train.batch_size=128"])
     assert "1 device(s): does NOT fit" in huge
+
+
+@pytest.mark.integration
+def test_whisper_distillation_is_planned_from_the_asset_config(monkeypatch):
+    from distill.assets import is_installed
+
+    if not is_installed("whisper-base"):
+        pytest.skip("needs the whisper-base asset")
+    monkeypatch.chdir(ROOT)
+    report = plan(str(ROOT / "recipes/asr/whisper-base-distil.yaml"), [])
+    teacher = float(re.search(r"teacher\s+whisper\s+([\d.]+)M params", report).group(1))
+    assert abs(teacher - 74) / 74 < 0.05  # whisper-base: 74M published
+    assert "not planned" not in report.split("stage kd")[1].split("\nstage ")[0]
+    assert "(2 layers)" in report and "cache fill peak" in report
