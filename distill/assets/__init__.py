@@ -50,7 +50,10 @@ def built_revision(asset_id: str) -> int | None:
     record = asset_dir(asset_id) / ASSET_JSON
     if not record.is_file():
         return None
-    return int(json.loads(record.read_text()).get("revision", 1))
+    try:
+        return int(json.loads(record.read_text()).get("revision", 1))
+    except (OSError, ValueError, TypeError, AttributeError):  # a damaged record: not installed,
+        return None  # so the next install clears the directory and rebuilds it
 
 
 def is_installed(asset_id: str) -> bool:

@@ -191,6 +191,12 @@ def test_two_concurrent_installs_build_once_and_verify(tmp_path):
     verify = subprocess.run([sys.executable, str(script), "assets", "verify", "fake-slow"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert verify.returncode == 1 and "1 missing" in verify.stdout
+    (cache / "assets" / "fake-slow" / "asset.json").write_text('{"revis')  # a damaged record
+    verify = subprocess.run([sys.executable, str(script), "assets", "verify", "fake-slow"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 1 and "not installed" in verify.stdout and "Traceback" not in verify.stderr
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "installed 1 asset(s): fake-slow" in again.stdout
 
 
 # ------------------------------------------------------------------ run / resume / eval (torch)
@@ -229,6 +235,12 @@ def test_run_refuses_before_writing(overrides, needle, tmp_path):
     started = time.perf_counter()
     check_case(["run", TINY, f"output_dir={tmp_path / 'runs'}", *overrides], needle, [tmp_path], env=env)
     assert time.perf_counter() - started < 120  # no minute of hub retries
+
+
+@pytest.mark.slow
+def test_plan_of_bad_inline_config_is_one_error(tmp_path):
+    check_case(["plan", TINY, "stages.0.teacher.config.model_type=qwen33"], "unknown model_type 'qwen33'",
+               [tmp_path])
 
 
 @pytest.mark.slow
