@@ -185,12 +185,13 @@ def check_models(stage, where: str, facts=config_of) -> None:
     refs = {k: v for k, v in refs.items() if v is not None and hasattr(v, "config")}
     cfgs = {k: facts(v) for k, v in refs.items()}
     for name, ref in refs.items():
-        cfg = cfgs[name] or {}
-        vocab = cfg.get("vocab_size")
-        if tokenizer_key(ref) == "bytes" and isinstance(vocab, int) and vocab < BYTE_VOCAB:
-            raise DistillError(f"{name}: vocab_size={vocab} is smaller than the built-in byte tokenizer "
-                               f"({BYTE_VOCAB} tokens)", f"set vocab_size: {BYTE_VOCAB} (or more), or give "
-                               "`tokenizer:` a tokenizer directory")
+        vocab = (cfgs[name] or {}).get("vocab_size")
+        tokens = tokenizer_size(ref) if isinstance(vocab, int) else None
+        if tokens is not None and vocab < tokens:  # ids past the embedding table: an index error later
+            what = "the built-in byte tokenizer" if tokenizer_key(ref) == "bytes" else \
+                f"its tokenizer ({tokenizer_key(ref)})"
+            raise DistillError(f"{name}: vocab_size={vocab} is smaller than {what} ({tokens} tokens)",
+                               f"set vocab_size: {tokens} (or more), or give `tokenizer:` a matching tokenizer")
     data = getattr(stage, "data", None)
     seq_len = getattr(data, "seq_len", None)
     if isinstance(seq_len, int):

@@ -103,6 +103,14 @@ def test_validate_bad_files(tmp_path):
     small = tmp_path / "small.txt"
     small.write_text("hello world\n")
     check_case(["validate", TINY, f"stages.0.data.source={small}"], "fewer than one block", [tmp_path])
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {f"t{i}": i for i in range(300)}},
+                                                    "added_tokens": [{"content": "<eos>"}]}))
+    check_case(["validate", TINY, f"stages.0.teacher.tokenizer={tok}"],
+               "vocab_size=258 is smaller than its tokenizer", [tmp_path])
+    check_case(["validate", TINY, f"stages.0.teacher.tokenizer={tok}", "stages.0.teacher.config.vocab_size=301"],
+               "use different tokenizers", [tmp_path])
     bad_jsonl = tmp_path / "rows.jsonl"
     bad_jsonl.write_text('{"txt": "no text key"}\n')
     check_case(["validate", TINY, f"stages.0.data.source={bad_jsonl}"], "'text' field", [tmp_path])
