@@ -4,8 +4,8 @@ SmolLM2-135M-Instruct (vocab 49,152: 16-bit ids) over held-out `text-en` blocks.
 full teacher distribution P (fp32, all 49,152 ids) is computed once; each cache format stores its
 top-k (k=64 by default) and is decoded back exactly as training reads it (distill.teacher_cache).
 Reported per format, mean over tokens:
-  bytes/token       measured on the encoded tensors (16-bit ids); and for Qwen3's 151,936-row
-                    vocab (18-bit ids) from the same layout
+  bytes/token       measured on the encoded tensors (49,152 rows); and for Qwen3's 151,936-row
+                    vocab from the same layout (distill.teacher_cache.compact_bytes_per_token)
   kl_bucket         KL(P_b || Q_b) over the k+1 buckets the KD loss compares (the k ids + the
                     tail): the error the format adds to the training target (0 = exact top-k)
   kl_full           KL(P || Q) over the whole vocabulary, with Q's tail mass spread evenly over the
@@ -32,7 +32,7 @@ from distill.models import load_causal_lm
 from distill.recipe import ModelRef
 
 QWEN3_VOCAB = 151_936
-BITS = (0, 1, 2, 3, 4, 5, 6, 8)
+BITS = (1, 2, 3, 4, 5, 6, 8)
 
 
 def bucket_logp(top_logp: torch.Tensor) -> torch.Tensor:
@@ -78,19 +78,21 @@ def main() -> None:
         with torch.no_grad():
             p_full = torch.log_softmax(model(input_ids=blocks[i : i + 1]).logits[0].float(), -1)
         exact_v, exact_i = p_full.topk(args.k, -1)
+        order = exact_i.argsort(-1)  # the compact format returns ids ascending: compare by id
+        by_id_i, by_id_v = exact_i.gather(-1, order), exact_v.gather(-1, order)
         truncation.append(full_kl(p_full, exact_i, exact_v))
         tails.append(-torch.expm1(torch.logsumexp(exact_v, -1)))
-        decoded = {names[0]: (exact_i, exact_v.half().float())}
+        decoded = {names[0]: (by_id_i, by_id_v.half().float())}
         for bits, name in zip(BITS, names[1:]):
             enc = tc.encode_compact(exact_i, exact_v, vocab, bits)
             assert sum(t.shape[1] * t.element_size() for t in enc.values()) == tc.compact_bytes_per_token(
                 args.k, vocab, bits)
-            decoded[name] = tc.decode_compact(enc["ids"], enc["codes"], enc["head"], args.k, vocab, bits)
+            decoded[name] = tc.decode_compact(enc, args.k, vocab, bits)
         for name, (ids, logp) in decoded.items():
-            assert torch.equal(ids, exact_i)
-            stats[name]["bucket"].append(bucket_kl(exact_v, logp))
+            assert torch.equal(ids, by_id_i)
+            stats[name]["bucket"].append(bucket_kl(by_id_v, logp))
             stats[name]["full"].append(full_kl(p_full, ids, logp))
-            stats[name]["max_abs"] = max(stats[name]["max_abs"], float((logp - exact_v).abs().max()))
+            stats[name]["max_abs"] = max(stats[name]["max_abs"], float((logp - by_id_v).abs().max()))
     seconds = time.perf_counter() - t0
 
     out = {"teacher": "asset:smollm2-135m-instruct (GGUF Q4_1 dequantized to fp32)", "vocab": vocab,

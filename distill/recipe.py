@@ -210,10 +210,11 @@ class TeacherCacheSpec(Spec):
     shard_blocks: int = Field(256, gt=0, description="blocks per shard file (resume granularity)")
     batch_size: int = Field(8, gt=0, description="teacher forward batch while filling the cache")
     format: Literal["compact", "fp16"] = Field(
-        "compact", description="compact = ids in ceil(log2 vocab) bits + log-probs as logp_bits-bit codes "
-        "below each token's top value, tail mass kept; fp16 = 16/32-bit ids + fp16 log-probs"
+        "compact", description="compact = Elias-Fano coded ids (~13 bits each for Qwen3) + log-probs as "
+        "logp_bits-bit codes below each token's top value, tail mass kept (k=64: 144 bytes/token); "
+        "fp16 = 16/32-bit ids + fp16 log-probs (k=64: 256/384)"
     )
-    logp_bits: int = Field(4, ge=0, le=8, description="compact: bits per cached log-prob (see "
+    logp_bits: int = Field(4, ge=1, le=8, description="compact: bits per cached log-prob (see "
                            "bench/results/kd_cache_compact.md for bytes/token vs KL)")
 
 

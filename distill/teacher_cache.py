@@ -14,13 +14,14 @@ Layout of a cache directory:
 Formats (`cache.format`):
   fp16     ids [n, S, k] uint16 (int32 above 65,536 rows) + logp [n, S, k] fp16: 2k + 2k bytes/token
            (k=64: 256 with uint16 ids, 384 with int32).
-  compact  per token: ids packed in ceil(log2 vocab) bits each (18 for Qwen3's 151,936 rows), the
-           top log-prob, the gap to the k-th, and the log of the tail mass (3 x fp16), and the
-           other k-1 log-probs as `logp_bits`-bit codes of their gap below the top, companded by a
-           square root (fine steps near the top, where the probability mass is). Decoding rescales
-           the k values so they hold exactly 1 - tail: the tail bucket the KD loss reads is kept
-           as the teacher had it. logp_bits 0 keeps only the curve's end points (a fixed shape).
-           Bytes/token = ceil(k*id_bits/8) + ceil((k-1)*logp_bits/8) + 6.
+  compact  per token, ids in ascending order: the k ids Elias-Fano coded (low floor(log2(V/k)) bits
+           each + a k + V/2^low bit unary vector: ~13.2 bits an id for Qwen3's 151,936 rows at
+           k=64 instead of 18, still a fixed size per token), the top log-prob, the largest gap
+           below it and the log of the tail mass (3 x fp16), and each id's log-prob as a
+           `logp_bits`-bit code of its gap below the top, companded by a square root (fine steps
+           near the top, where the probability mass is). Decoding rescales the k values so they
+           hold exactly 1 - tail: the tail bucket the KD loss reads is the teacher's.
+           k=64, 4 bits: 144 bytes/token for Qwen3 (fp16: 384); see bench/results/kd_cache_compact.md.
 Old caches (format_version 1, no `format` key) are fp16 and are read as such.
 
 Several processes (torchrun): process r fills shards r, r+N, r+2N, ... each written through a temp
@@ -80,7 +81,9 @@ def files_fingerprint(model_dir: str | Path) -> str:
     files = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")
                    or p.name == "config.json")
     if not any(p.name != "config.json" for p in files):
-        raise DistillError(f"teacher '{root}' has no weight files to fingerprint", "point at a model directory")
+        raise DistillError(f"teacher '{root}' has no weight files (a shapes-only config?)",
+                           "point the teacher at a directory or hub id with weights (e.g. vars.teacher=...); "
+                           "config-only directories are for `distill plan`")
     for path in files:
         size = path.stat().st_size
         h.update(f"{path.name}:{size}".encode())
@@ -163,39 +166,54 @@ def _unpack(packed: np.ndarray, m: int, bits: int) -> np.ndarray:
     return (bit_rows.astype(np.int64) << np.arange(bits, dtype=np.int64)).sum(-1)
 
 
-def id_bits(vocab: int) -> int:
-    return max(1, math.ceil(math.log2(vocab)))
+def ef_layout(vocab: int, top_k: int) -> tuple[int, int]:
+    """Elias-Fano layout of k distinct ids < vocab: (low bits per id, length of the high-bit vector).
+
+    Sorted ids keep their low l = floor(log2(vocab / k)) bits as they are and write the rest as a
+    unary-coded, non-decreasing sequence in k + (vocab >> l) + 1 bits: about 2 + log2(vocab / k)
+    bits an id at a FIXED size per token (Qwen3, k=64: 11 + 2.2 bits instead of 18)."""
+    low = max(0, math.floor(math.log2(vocab / top_k))) if vocab > top_k else 0
+    return low, top_k + ((vocab - 1) >> low) + 1
 
 
 def compact_bytes_per_token(top_k: int, vocab: int, logp_bits: int) -> int:
-    return -(-top_k * id_bits(vocab) // 8) + -(-(top_k - 1) * logp_bits // 8) + 6
+    low, high = ef_layout(vocab, top_k)
+    return -(-top_k * low // 8) + -(-high // 8) + -(-top_k * logp_bits // 8) + 6
 
 
 def encode_compact(ids: torch.Tensor, logp: torch.Tensor, vocab: int, logp_bits: int) -> dict[str, torch.Tensor]:
-    """ids, logp [n, k] (log-probs sorted descending, over the full vocab) -> compact tensors."""
-    logp = logp.float()
-    top = logp[:, 0]
-    gaps = (top[:, None] - logp[:, 1:]).clamp(min=0)  # [n, k-1], non-decreasing
-    span = gaps[:, -1:].clamp(min=1e-6)
+    """ids, logp [n, k] (top-k, log-probs over the full vocab) -> compact tensors (order by id)."""
+    order = ids.argsort(-1)
+    ids, logp = ids.gather(-1, order).to(torch.int64).numpy(), logp.float().gather(-1, order)
+    n, k = ids.shape
+    low, high = ef_layout(vocab, k)
+    upper = np.zeros((n, high), dtype=np.uint8)
+    np.put_along_axis(upper, (ids >> low) + np.arange(k), 1, axis=1)
+    top = logp.max(-1).values
+    gaps = (top[:, None] - logp).clamp(min=0)  # [n, k], 0 at the top token
+    span = gaps.max(-1, keepdim=True).values.clamp(min=1e-6)
     levels = (1 << logp_bits) - 1
     codes = (torch.sqrt(gaps / span) * levels).round().clamp(0, levels).to(torch.int64)
     tail = (-torch.expm1(torch.logsumexp(logp, -1).clamp(max=0))).clamp(min=1e-30).log()
-    return {"ids": torch.from_numpy(_pack(ids.to(torch.int64).numpy(), id_bits(vocab))),
+    return {"ids_low": torch.from_numpy(_pack(ids & ((1 << low) - 1), low)),
+            "ids_high": torch.from_numpy(np.packbits(upper, axis=1, bitorder="little")),
             "codes": torch.from_numpy(_pack(codes.numpy(), logp_bits)),
             "head": torch.stack([top, span[:, 0], tail], dim=-1).half()}
 
 
-def decode_compact(ids_packed: torch.Tensor, codes_packed: torch.Tensor, head: torch.Tensor, top_k: int,
-                   vocab: int, logp_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compact tensors of n tokens -> (ids [n, k] int64, log-probs [n, k] fp32 holding 1 - tail)."""
-    ids = torch.from_numpy(_unpack(ids_packed.numpy(), top_k, id_bits(vocab)))
-    head = head.float()
+def decode_compact(parts: dict[str, torch.Tensor], top_k: int, vocab: int, logp_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compact tensors of n tokens -> (ids [n, k] int64 ascending, their log-probs [n, k] fp32,
+    rescaled to hold exactly 1 - tail)."""
+    low, high = ef_layout(vocab, top_k)
+    n = parts["head"].shape[0]
+    bits = np.unpackbits(parts["ids_high"].numpy(), axis=1, count=high, bitorder="little")
+    _, cols = np.nonzero(bits)  # row-major: each row's k set bits, ascending
+    upper = cols.reshape(n, top_k) - np.arange(top_k)
+    ids = torch.from_numpy((upper << low) | _unpack(parts["ids_low"].numpy(), top_k, low))
+    head = parts["head"].float()
     top, span, tail = head[:, 0:1], head[:, 1:2], head[:, 2:3]
-    if logp_bits:
-        frac = torch.from_numpy(_unpack(codes_packed.numpy(), top_k - 1, logp_bits)).float() / ((1 << logp_bits) - 1)
-    else:  # only the end points: a fixed quadratic-in-rank curve between them
-        frac = torch.linspace(1 / max(1, top_k - 1), 1.0, top_k - 1).expand(len(top), -1)
-    logp = torch.cat([top, top - span * frac.square()], dim=-1)
+    frac = torch.from_numpy(_unpack(parts["codes"].numpy(), top_k, logp_bits)).float() / ((1 << logp_bits) - 1)
+    logp = top - span * frac.square()
     mass = torch.log((-torch.expm1(tail.clamp(max=-1e-7))).clamp(min=1e-30))  # log(1 - tail)
     return ids, logp + (mass - torch.logsumexp(logp, -1, keepdim=True))
 
@@ -212,7 +230,7 @@ def _check_meta(root: Path, meta: dict) -> dict:
     for key, what in (("teacher_sha256", "teacher"), ("data_sha256", "training data"),
                       ("top_k", "top_k"), ("seq_len", "seq_len"), ("vocab", "vocab size"),
                       ("shard_blocks", "shard size"), ("format", "cache.format"),
-                      ("logp_bits", "cache.logp_bits")):
+                      ("id_coding", "id coding"), ("logp_bits", "cache.logp_bits")):
         if key in meta and old.get(key) != meta[key]:
             raise DistillError(
                 f"teacher cache '{root}' was written for a different {what} "
@@ -231,7 +249,9 @@ def _meta(fingerprint: str, tokens: torch.Tensor, top_k: int, vocab: int, shard_
             "data_sha256": tensor_hash(tokens), "top_k": top_k, "seq_len": seq_len, "vocab": vocab,
             "n_blocks": n_blocks, "shard_blocks": shard_blocks, "fill_processes": processes}
     if fmt == "compact":
-        meta.update(id_bits=id_bits(vocab), logp_bits=logp_bits)
+        if logp_bits < 1:
+            raise DistillError("cache.logp_bits must be at least 1 for the compact format", "use 4 (the default)")
+        meta.update(id_coding="elias-fano", id_low_bits=ef_layout(vocab, top_k)[0], logp_bits=logp_bits)
     else:
         meta.update(ids_dtype="uint16" if vocab <= 65536 else "int32", logp_dtype="float16")
     return meta
@@ -385,6 +405,9 @@ class TeacherCache:
                                "re-run the stage: filling resumes at the first missing shard")
         self.meta = json.loads((self.root / META).read_text())
         self.meta.setdefault("format", "fp16")  # format_version 1
+        if self.meta["format"] == "compact" and self.meta.get("id_coding") != "elias-fano":
+            raise DistillError(f"teacher cache '{self.root}' has an older compact layout this version does "
+                               "not read", "delete it (the next run refills it) or set cache.dir to a new one")
         if expect_teacher is not None and self.meta["teacher_sha256"] != expect_teacher:
             raise DistillError(f"teacher cache '{self.root}' comes from a different teacher",
                                "delete it or set cache.dir to a new directory")
@@ -406,7 +429,7 @@ class TeacherCache:
         if self.meta["format"] == "fp16":
             return self._rows("ids", rows).to(torch.int64), self._rows("logp", rows).float()
         m, k = self.meta, self.meta["top_k"]
-        parts = [self._rows(name, rows) for name in ("ids", "codes", "head")]
-        b, s = parts[0].shape[:2]
-        ids, logp = decode_compact(*(p.reshape(b * s, -1) for p in parts), k, m["vocab"], m["logp_bits"])
+        parts = {name: self._rows(name, rows) for name in ("ids_low", "ids_high", "codes", "head")}
+        b, s = parts["head"].shape[:2]
+        ids, logp = decode_compact({n: p.reshape(b * s, -1) for n, p in parts.items()}, k, m["vocab"], m["logp_bits"])
         return ids.view(b, s, k), logp.view(b, s, k)

@@ -138,6 +138,9 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
     offline = spec.teacher_mode == "offline" and bool(loss_spec.kd_weight) and not spec.init_only
     inline = spec.teacher.config is not None
     teacher_dir = None if inline else teacher_cache.model_dir(spec.teacher.source, ctx)
+    # Offline, the cache is matched by the teacher's files: fingerprinted first, so a directory
+    # without weights (the shapes-only configs `distill plan` reads) fails before anything loads.
+    t_hash = teacher_cache.files_fingerprint(teacher_dir) if offline and not inline else None
     # Offline, the teacher's weights are read only to fill the cache (and to build a student from
     # them): a pretrained student next to a cached teacher never has the teacher in memory.
     if not offline or inline or spec.student.init in ("layer_map", "moe_merge"):
@@ -173,8 +176,7 @@ def run(spec: DistillStage, ctx: RunContext) -> Artifact:
         root = spec.cache.dir or str(ctx.run_dir / "teacher_cache" / ctx.stage_name)
         if inline:
             t_hash, source = teacher_cache.teacher_hash(teacher), teacher
-        else:  # fingerprint of the weight files; each process loads the teacher only if it has shards to fill
-            t_hash = teacher_cache.files_fingerprint(teacher_dir)
+        else:  # each process loads the teacher only if it has shards to fill
             source = functools.partial(teacher_cache.load_for_fill, spec.teacher, teacher_dir, ctx.procs)
         del teacher  # the student is built: from here on only the cache fill may load the teacher
         extra["teacher_cache"] = teacher_cache.fill(
@@ -260,6 +262,7 @@ def fill_cache_only(recipe_path: str, overrides: list[str]) -> list[dict]:
                                "directory or hub id", f"set stages.{i}.cache.dir=/shared/path (the same in "
                                "the later `distill run`); inline or stage: teachers fill inside `distill run`")
         teacher_dir = teacher_cache.model_dir(spec.teacher.source)
+        t_hash = teacher_cache.files_fingerprint(teacher_dir)  # first: a shapes-only dir fails here, clearly
         tokenizer = models.load_tokenizer(spec.teacher, teacher_dir)
         blocks, _ = text_blocks(spec.data, tokenizer, r.seed)
         t_rows = _teacher_shape(spec, None, teacher_dir)[0]
@@ -272,7 +275,7 @@ def fill_cache_only(recipe_path: str, overrides: list[str]) -> list[dict]:
         source = functools.partial(teacher_cache.load_for_fill, spec.teacher, teacher_dir, procs)
         summary = teacher_cache.fill(spec.cache.dir, source, blocks.tokens, spec.loss.top_k, align_vocab(s_rows, t_rows),
                                      spec.cache.shard_blocks, spec.cache.batch_size,
-                                     t_hash=teacher_cache.files_fingerprint(teacher_dir), fmt=spec.cache.format,
+                                     t_hash=t_hash, fmt=spec.cache.format,
                                      logp_bits=spec.cache.logp_bits, procs=procs)
         summaries.append({"stage": name, "dir": spec.cache.dir, **summary})
     if not summaries:

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "recipes/_tiny/moe-to-dense.yaml")
 # As in test_distributed_run: the MoE balancing loss is a per-process mean, so it is off here.
 SAME = ["stages.0.router_aux_weight=0"]
-FSDP = ["stages.0.train.parallel=fsdp", "stages.1.train.parallel=fsdp"]
+# eval_every: the held-out loss mid-training runs on the sharded student (root unit gathered).
+FSDP = ["stages.0.train.parallel=fsdp", "stages.1.train.parallel=fsdp", "stages.1.train.eval_every=2"]
 STAGES = ("teacher", "dense")
 
 
@@ -76,6 +77,13 @@ def test_fsdp_two_processes_match_one_process(runs):
     cache = json.loads((two / "artifacts" / "dense" / "manifest.json").read_text())["extra"]["teacher_cache"]
     assert cache["fill_processes"] == 2 and [r["rank"] for r in cache["per_process"]] == [0, 1]
     assert all(r["shards"] > 0 for r in cache["per_process"])  # both processes filled shards
+
+    def evals(run: Path) -> dict[int, float]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["eval_ce"] for r in rows if r["stage"] == "dense" and "eval_ce" in r}
+
+    assert sorted(evals(two)) == [2, 4, 6]  # mid-training held-out loss on the sharded student
+    assert evals(two)[6] == pytest.approx(evals(one)[6], rel=1e-5)
     for stage in STAGES:  # checkpoint at step 3 of 6, written once by rank 0, full state dict
         (ckpt,) = list((two / "checkpoints" / stage).iterdir())
         assert ckpt.name == "step-0000003"

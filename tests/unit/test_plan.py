@@ -50,4 +50,4 @@ def test_per_device_figures_follow_the_parallel_mode_and_the_offline_cache():
     assert fsdp["teacher weights (offline: not loaded)"](1) == 0
     text = "\n".join(plan.cache_fill_plan(stage, teacher, student, 80.0))
     assert "8 process(es) x 1 device(s)" in text and "1 process(es) x 8 device(s)" in text
-    assert "19 bytes/token" in text  # compact, k=8, 9-bit ids, 4-bit log-probs
+    assert "18 bytes/token" in text  # compact, k=8 of 258 rows, 4-bit log-probs
