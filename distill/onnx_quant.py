@@ -9,8 +9,9 @@
 - INT4: weight-only MatMulNBits, block-wise (RTN, HQQ, or GPTQ with calibration on single-graph
   LMs); the embedding table becomes GatherBlockQuantized (RTN). `accuracy_level` 4 = the kernel
   quantizes activations to INT8 per block (ORT's fast CPU path).
-A tied output head (Whisper: MatMul(x, Transpose(embedding))) is untied first so the head weight is
-an initializer the quantizers can reach; otherwise it stays fp32 and INT4 is barely smaller.
+A tied output head (Whisper: MatMul(x, Transpose(embedding))) is untied for INT4 so the head weight
+is an initializer MatMulNBits can reach (otherwise it stays fp32 and INT4 is barely smaller). INT8
+keeps it tied: the table is stored once in INT8 and the head matmul runs on its dequantized copy.
 """
 
 from __future__ import annotations
@@ -265,7 +266,10 @@ def quantize(out: Path, graphs: list[str], spec, calibration: dict | None) -> di
         if _has_subgraphs(model) and spec.int4_method == "gptq" and spec.quantize == "int4":
             raise DistillError(f"int4 gptq cannot quantize '{name}' (a merged decoder with If "
                                "subgraphs)", "use int4_method: rtn or hqq for Whisper")
-        untied = untie_head(model)
+        # INT4: the head needs its own initializer to become MatMulNBits. INT8 keeps it tied: the
+        # quantizer stores the table once as INT8 and the head reads it dequantized (fp32 matmul),
+        # where an untied INT8 head would add a second vocab x hidden matrix to the file.
+        untied = untie_head(model) if spec.quantize == "int4" else []
         exclude = kept_float(model, spec.keep_float)
         tmp = path.with_name(f".{name}.tmp")
         how = spec.quantize
