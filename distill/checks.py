@@ -75,6 +75,8 @@ def check_text_data(data, where: str) -> None:
     """A local text source holds text, at least one block of it (an empty file fails here, not
     after the teacher loaded)."""
     source = getattr(data, "source", None)
+    if isinstance(source, str) and not source.strip():
+        raise DistillError(f"{where}.source is empty", "give a .txt/.jsonl file, a directory or asset:<id>")
     if not isinstance(source, str) or source.startswith(("asset:", "stage:")):
         return
     path = Path(source).expanduser()

@@ -68,6 +68,9 @@ class ModelRef(Spec):
     def _one_source(self) -> ModelRef:
         if (self.source is None) == (self.config is None):
             raise ValueError("give exactly one of `source` or `config`")
+        if self.source is not None and not self.source.strip():
+            raise ValueError("the model reference is empty: give asset:<id>, a directory, stage:<name> or a "
+                             "hub id")
         if self.config is not None and "model_type" not in self.config:
             raise ValueError("an inline `config` needs a `model_type` (e.g. qwen3)")
         return self
@@ -658,7 +661,7 @@ class Recipe(Spec):
     name: str = Field(description="recipe name; part of the run id")
     description: str = ""
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds python, numpy, torch and data order")
-    output_dir: str = Field("runs", description="runs are written to <output_dir>/<run_id>/")
+    output_dir: str = Field("runs", min_length=1, description="runs are written to <output_dir>/<run_id>/")
     vars: dict[str, Any] = Field(default_factory=dict, description="values for ${vars.x} interpolation")
     stages: list[Stage] = Field(description="stages in order; each consumes the previous artifact")
     eval: EvalSpec | None = None
@@ -719,7 +722,20 @@ _REF = re.compile(r"\$\{([^}]+)\}")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`; users write 1e-4)."""
+    """SafeLoader that also reads `1e-4` as a float (YAML 1.1 wants `1.0e-4`; users write 1e-4) and
+    refuses a key given twice in one mapping (plain YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` then overriding keys is fine
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key '{key}' is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -828,6 +844,9 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
+        if "is given twice" in str(getattr(exc, "problem", "")):
+            raise DistillError(f"'{path}': {exc.problem}{where} (YAML would keep the last one silently)",
+                               "keep one of them") from None
         tag = re.search(r"tag '?(!!?python/[\w/.:-]*|tag:yaml.org,2002:python/[\w/.:-]*)", str(exc))
         if tag:
             name = tag.group(1).replace("tag:yaml.org,2002:", "!!")

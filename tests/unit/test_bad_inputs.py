@@ -77,6 +77,9 @@ VALIDATE = [
     (["eval.suite=nosuch"], "unknown suite 'nosuch'"),
     (["eval.baseline=techer"], "did you mean 'teacher'"),
     (["output_dir=/proc/distill-runs"], "virtual filesystem"),
+    (["output_dir="], "output_dir"),
+    (["stages.0.teacher="], "model reference is empty"),
+    (["stages.0.data.source="], "source is empty"),
 ]
 
 
@@ -93,6 +96,9 @@ def test_validate_bad_files(tmp_path):
     tagged = tmp_path / "t.yaml"
     tagged.write_text("name: x\nseed: !!python/object/apply:os.system ['echo pwned']\nstages: []\n")
     check_case(["validate", str(tagged)], "Python-object YAML tag !!python/object/apply:os.system", [tmp_path])
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(Path(TINY).read_text() + "seed: 3\n")
+    check_case(["validate", str(twice)], "the key 'seed' is given twice", [tmp_path])
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     check_case(["validate", TINY, f"output_dir={a_file}"], "is a file, not a directory", [tmp_path])
