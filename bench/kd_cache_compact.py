@@ -5,7 +5,7 @@ full teacher distribution P (fp32, all 49,152 ids) is computed once; each cache 
 top-k (k=64 by default) and is decoded back exactly as training reads it (distill.teacher_cache).
 Reported per format, mean over tokens:
   bytes/token       measured on the encoded tensors (49,152 rows); and for Qwen3's 151,936-row
-                    vocab from the same layout (distill.teacher_cache.compact_bytes_per_token)
+                    vocab from the same layout (distill.cache_codec.compact_bytes_per_token)
   kl_bucket         KL(P_b || Q_b) over the k+1 buckets the KD loss compares (the k ids + the
                     tail): the error the format adds to the training target (0 = exact top-k)
   kl_full           KL(P || Q) over the whole vocabulary, with Q's tail mass spread evenly over the
@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from distill import teacher_cache as tc
+from distill import cache_codec
 from distill.assets import asset_path
 from distill.data import pack, read_texts, tokenize
 from distill.models import load_causal_lm
@@ -84,10 +84,10 @@ def main() -> None:
         tails.append(-torch.expm1(torch.logsumexp(exact_v, -1)))
         decoded = {names[0]: (by_id_i, by_id_v.half().float())}
         for bits, name in zip(BITS, names[1:]):
-            enc = tc.encode_compact(exact_i, exact_v, vocab, bits)
-            assert sum(t.shape[1] * t.element_size() for t in enc.values()) == tc.compact_bytes_per_token(
+            enc = cache_codec.encode_compact(exact_i, exact_v, vocab, bits)
+            assert sum(t.shape[1] * t.element_size() for t in enc.values()) == cache_codec.compact_bytes_per_token(
                 args.k, vocab, bits)
-            decoded[name] = tc.decode_compact(enc, args.k, vocab, bits)
+            decoded[name] = cache_codec.decode_compact(enc, args.k, vocab, bits)
         for name, (ids, logp) in decoded.items():
             assert torch.equal(ids, by_id_i)
             stats[name]["bucket"].append(bucket_kl(by_id_v, logp))
@@ -103,7 +103,8 @@ def main() -> None:
            "truncation_kl_full_exact_topk_mean": float(torch.cat(truncation).mean()),
            "teacher_tail_mass_mean": float(torch.cat(tails).mean()), "formats": []}
     sizes = {names[0]: (4 * args.k, 6 * args.k)}
-    sizes.update({n: (tc.compact_bytes_per_token(args.k, vocab, b), tc.compact_bytes_per_token(args.k, QWEN3_VOCAB, b))
+    size = cache_codec.compact_bytes_per_token
+    sizes.update({n: (size(args.k, vocab, b), size(args.k, QWEN3_VOCAB, b))
                   for b, n in zip(BITS, names[1:])})
     for name in names:
         bucket, full = torch.cat(stats[name]["bucket"]), torch.cat(stats[name]["full"])

@@ -207,11 +207,11 @@ def cache_fill_plan(stage, teacher: ModelShape, student: ModelShape, device_gib:
     """The offline cache fill: each filling process loads the teacher with device_map="auto" over its
     share of a node's devices (distill.teacher_cache.fill_memory: 8 devices / P processes, 90 % of
     each), so the teacher's weights per device are teacher / (8 / P)."""
-    from distill import teacher_cache
+    from distill import cache_codec
 
     t_bytes = teacher.params * DTYPE_BYTES[stage.teacher.dtype]
     vocab, k, cache = min(teacher.vocab, student.vocab), stage.loss.top_k, stage.cache
-    per_token = (teacher_cache.compact_bytes_per_token(k, vocab, cache.logp_bits) if cache.format == "compact"
+    per_token = (cache_codec.compact_bytes_per_token(k, vocab, cache.logp_bits) if cache.format == "compact"
                  else k * (2 if vocab <= 65536 else 4) + 2 * k)
     lines = [f"  cache fill (teacher {stage.teacher.dtype}, device_map=auto over each process's devices; "
              f"cache {cache.format}, k={k}: {per_token} bytes/token = {per_token * 1e6 / GIB:.2f} GiB per 1M tokens)"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from distill import losses, teacher_cache
+from distill import cache_codec, losses, teacher_cache
 from distill.context import Processes
 from distill.errors import DistillError
 
@@ -70,27 +70,27 @@ def test_compact_codec_keeps_ids_and_tail_mass_in_the_bytes_it_promises():
     order = ids.argsort(-1)  # decoded ids come back ascending
     ids, values = ids.gather(-1, order), values.gather(-1, order)
     tail = -torch.expm1(torch.logsumexp(values, -1))
-    assert teacher_cache.ef_layout(vocab, k) == (11, 139)
+    assert cache_codec.ef_layout(vocab, k) == (11, 139)
     errors = []
     for bits in (1, 2, 4, 8):
-        enc = teacher_cache.encode_compact(ids, values, vocab, bits)
+        enc = cache_codec.encode_compact(ids, values, vocab, bits)
         nbytes = sum(t.shape[1] * t.element_size() for t in enc.values())
-        assert nbytes == teacher_cache.compact_bytes_per_token(k, vocab, bits) == 88 + 18 + 8 * bits + 6
-        out_ids, out_logp = teacher_cache.decode_compact(enc, k, vocab, bits)
+        assert nbytes == cache_codec.compact_bytes_per_token(k, vocab, bits) == 88 + 18 + 8 * bits + 6
+        out_ids, out_logp = cache_codec.decode_compact(enc, k, vocab, bits)
         assert torch.equal(out_ids, ids)
         assert torch.allclose(-torch.expm1(torch.logsumexp(out_logp, -1)), tail, rtol=2e-3, atol=1e-5)
         top = out_logp.gather(-1, values.argmax(-1, keepdim=True))[:, 0]
         assert (top >= out_logp.max(-1).values - 1e-6).all()  # the top token stays on top (ties at 1 bit)
         errors.append(float((out_logp - values).abs().mean()))
     assert errors == sorted(errors, reverse=True) and errors[-1] < 0.02  # more bits, closer values
-    assert teacher_cache.compact_bytes_per_token(k, vocab, 4) == 144  # <= 150 at k=64 (fp16: 384)
+    assert cache_codec.compact_bytes_per_token(k, vocab, 4) == 144  # <= 150 at k=64 (fp16: 384)
 
 
 def test_compact_cache_file_reads_back_what_the_teacher_gave(tmp_path):
     teacher = tiny(0)
     summary = teacher_cache.fill(tmp_path, teacher, TOKENS, top_k=5, vocab=40, shard_blocks=3, fmt="compact",
                                  logp_bits=8)
-    per_token = teacher_cache.compact_bytes_per_token(5, 40, 8)  # 3 low bits x 5 + 15-bit vector + 5 + 6
+    per_token = cache_codec.compact_bytes_per_token(5, 40, 8)  # 3 low bits x 5 + 15-bit vector + 5 + 6
     assert per_token == 15 and summary["format"] == "compact"
     assert per_token * TOKENS.numel() < summary["bytes"] < per_token * TOKENS.numel() + 3 * 500  # + headers
     ids, logp = teacher_cache.TeacherCache(tmp_path).lookup([6, 0, 4])

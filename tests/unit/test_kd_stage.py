@@ -99,8 +99,10 @@ def test_non_finite_loss_stops_and_names_the_step(tmp_path):
 
 
 def test_kd_from_the_compact_cache_trains_like_kd_from_the_fp16_cache(tmp_path):
-    """Same tiny MoE -> dense run, cache format fp16 vs compact (4-bit log-probs): the student's
-    KD/CE losses stay within 2 % of each other at every logged step (measured: see the assert)."""
+    """Same tiny MoE -> dense run, cache format fp16 vs compact (4-bit log-probs). The merged student
+    starts close to the teacher (KD 1e-5 .. 5e-3 nats over 6 steps), so the KD term is compared to
+    2 % + 2e-5 absolute (measured: <= 2.9e-6 apart) and the total/CE losses to 1e-4 relative
+    (measured: <= 1.2e-5); a cache with wrong ids or values gives KD terms orders of magnitude apart."""
     def losses_of(fmt: str):
         result = runner.run(ROOT / "recipes/_tiny/moe-to-dense.yaml",
                             [f"output_dir={tmp_path / fmt}", f"stages.1.cache.format={fmt}", "stages.1.train.log_every=1"])
@@ -112,9 +114,10 @@ def test_kd_from_the_compact_cache_trains_like_kd_from_the_fp16_cache(tmp_path):
     assert len(fp16) == len(compact) == 6
     assert r16.artifacts["dense"].extra["teacher_cache"]["bytes_per_token"] > rc.artifacts["dense"].extra[
         "teacher_cache"]["bytes_per_token"]
-    for a, b in zip(fp16, compact):
-        for x, y in zip(a, b):
-            assert abs(x - y) <= 0.02 * abs(x) + 1e-3, (fp16, compact)
+    for (loss_a, kd_a, ce_a), (loss_b, kd_b, ce_b) in zip(fp16, compact):
+        assert abs(kd_a - kd_b) <= 0.02 * kd_a + 2e-5, (fp16, compact)
+        assert loss_b == pytest.approx(loss_a, rel=1e-4) and ce_b == pytest.approx(ce_a, rel=1e-4)
+    assert compact[-1][1] > 100 * compact[0][1]  # KD grows as the student moves: the term is not ~0 throughout
 
 
 def test_cache_filled_apart_then_training_never_loads_the_teacher(tmp_path, monkeypatch):
