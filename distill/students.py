@@ -133,6 +133,9 @@ def dense_config(moe_config, intermediate_size: int | None = None):
     fields = {k: getattr(moe_config, k) for k in SHARED_FIELDS if hasattr(moe_config, k)}
     expert_width = getattr(moe_config, "moe_intermediate_size", None) or moe_config.intermediate_size
     fields["intermediate_size"] = intermediate_size or expert_width
+    # A MoE config without head_dim attends with hidden/heads; the dense family's default differs
+    # (Qwen3Config: 128), so the copied attention weights would not fit without saying it.
+    fields.setdefault("head_dim", moe_config.hidden_size // moe_config.num_attention_heads)
     return AutoConfig.for_model(dense_type, **fields)
 
 

@@ -170,3 +170,17 @@ def test_expert_pruning_keeping_all_reproduces_the_parent():
     parent = moe()
     same, _ = pruning.prune_experts(parent, torch.rand(2, 4), 4)
     torch.testing.assert_close(logits(same), logits(parent), rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_moe_merge_of_a_moe_config_without_head_dim_fits_the_attention():
+    from distill import students
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model("qwen3_moe", vocab_size=50, hidden_size=32, num_attention_heads=4,
+                               num_key_value_heads=2, moe_intermediate_size=24, num_experts=4,
+                               num_experts_per_tok=2, num_hidden_layers=2, max_position_embeddings=64)
+    teacher = AutoModelForCausalLM.from_config(cfg).eval()
+    student, _ = students.moe_to_dense(teacher, "uniform")
+    assert student.config.head_dim == 8  # hidden / heads, as the MoE attends
+    assert logits(student).shape == logits(teacher).shape
