@@ -1,4 +1,4 @@
-"""Held-out CE/perplexity (the distill stage's own `heldout_ce`, same blocks as the runs) and
+"""Held-out CE/perplexity (the stages' own `heldout_ce`, same blocks as the runs) and
 forward tokens/s for a list of model directories, on the recipe's data spec.
   python bench/kd_heldout.py RECIPE MODEL_DIR... > out.json
 """
@@ -13,7 +13,7 @@ from distill import recipe, students
 from distill.data import text_blocks
 from distill.models import load_causal_lm
 from distill.recipe import ModelRef
-from distill.stages.distill import heldout_ce
+from distill.stages.common import heldout_ce
 
 
 def main() -> None:

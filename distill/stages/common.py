@@ -1,14 +1,18 @@
-"""Helpers shared by the stages that transform a model (lora, prune, quantize, export)."""
+"""Helpers shared by stages (no stage module imports another): input models, artifacts, held-out CE."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distill import artifacts, models
 from distill.artifacts import Artifact, ArtifactKind
 from distill.context import RunContext
 from distill.errors import DistillError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def kind_of(path: Path) -> ArtifactKind:
@@ -72,3 +76,37 @@ def new_artifact(ctx: RunContext, source: Artifact, spec, kind: str, params: int
                     recipe_sha256=ctx.recipe_sha256, run_id=ctx.run_id, params=params,
                     extra={"input_path": str(source.path), "source_size_bytes": source.size_bytes,
                            **extra})
+
+
+def save_model_artifact(model, tokenizer, ctx: RunContext, name: str, lineage: list[str],
+                        stage: dict | None, extra: dict | None = None) -> Artifact:
+    """A trained causal LM saved as this stage's artifact (manifest written last)."""
+    out = artifacts.prepare_dir(ctx.artifact_dir(name))
+    models.save_pretrained(model, tokenizer, out)
+    art = Artifact(path=out, artifact_id=ctx.artifact_id(name), kind=ArtifactKind.HF_CAUSAL_LM,
+                   adapter=ArtifactKind.HF_CAUSAL_LM, lineage=lineage, stage=stage,
+                   recipe_sha256=ctx.recipe_sha256, run_id=ctx.run_id,
+                   params=models.count_params(model), extra=extra or {})
+    return artifacts.finalize(art)
+
+
+def heldout_ce(model, heldout: torch.Tensor | None, vocab: int, batch_size: int = 8) -> dict[str, float]:
+    """Mean next-token CE (nats) and perplexity on held-out blocks, chunked (no [B, S, V])."""
+    import torch
+
+    from distill import losses, students
+
+    if heldout is None or len(heldout) == 0:
+        return {}
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(heldout), batch_size):
+            batch = heldout[i : i + batch_size]
+            labels = losses.shift_labels(batch)
+            hidden = students.final_hidden(model, batch)
+            _, _, ce = losses.chunked_kd_ce(hidden, students.output_head(model)[:vocab], None, None, labels,
+                                            kd_weight=0.0, ce_weight=1.0, chunk_size=1024)
+            n = int((labels != -100).sum())
+            total, count = total + float(ce) * n, count + n
+    ce = total / count
+    return {"eval_ce": ce, "eval_ppl": float(torch.tensor(ce).exp())}

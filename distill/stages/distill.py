@@ -22,6 +22,7 @@ from distill.context import RunContext
 from distill.data import text_blocks
 from distill.errors import DistillError
 from distill.recipe import DistillStage
+from distill.stages.common import heldout_ce, save_model_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +71,6 @@ def align_vocab(student, teacher, s_tok=None, t_tok=None) -> int:
     return shared
 
 
-def save_model_artifact(model, tokenizer, ctx: RunContext, name: str, lineage: list[str],
-                        stage: dict | None, extra: dict | None = None) -> Artifact:
-    out = artifacts.prepare_dir(ctx.artifact_dir(name))
-    models.save_pretrained(model, tokenizer, out)
-    art = Artifact(path=out, artifact_id=ctx.artifact_id(name), kind="hf-causal-lm",
-                   adapter="hf-causal-lm", lineage=lineage, stage=stage,
-                   recipe_sha256=ctx.recipe_sha256, run_id=ctx.run_id,
-                   params=models.count_params(model), extra=extra or {})
-    return artifacts.finalize(art)
-
-
 def teacher_artifact(spec: DistillStage, teacher, tokenizer, ctx: RunContext) -> str:
     """An evaluable location for the teacher: its own dir if it has one, else saved in the run."""
     if spec.teacher.source is not None:
@@ -98,24 +88,6 @@ def hidden_pairs(student, teacher, info: dict) -> list[tuple[int, int]]:
     n_s, n_t = student.config.num_hidden_layers, teacher.config.num_hidden_layers
     layers = info.get("layers") or losses.even_layer_map(n_s, n_t)
     return [(j + 1, t + 1) for j, t in enumerate(layers)]
-
-
-def heldout_ce(model, heldout: torch.Tensor | None, vocab: int, batch_size: int = 8) -> dict[str, float]:
-    """Mean next-token CE (nats) and perplexity on held-out blocks, chunked (no [B, S, V])."""
-    if heldout is None or len(heldout) == 0:
-        return {}
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(heldout), batch_size):
-            batch = heldout[i : i + batch_size]
-            labels = losses.shift_labels(batch)
-            hidden = students.final_hidden(model, batch)
-            _, _, ce = losses.chunked_kd_ce(hidden, students.output_head(model)[:vocab], None, None, labels,
-                                            kd_weight=0.0, ce_weight=1.0, chunk_size=1024)
-            n = int((labels != -100).sum())
-            total, count = total + float(ce) * n, count + n
-    ce = total / count
-    return {"eval_ce": ce, "eval_ppl": float(torch.tensor(ce).exp())}
 
 
 def _teacher_shape(spec: DistillStage, teacher, teacher_dir: str | None) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from distill.artifacts import Artifact
 from distill.context import RunContext
 from distill.data import text_blocks
 from distill.recipe import TrainStage
-from distill.stages.distill import heldout_ce, save_model_artifact
+from distill.stages.common import heldout_ce, save_model_artifact
 
 logger = logging.getLogger(__name__)
 
