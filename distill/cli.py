@@ -127,6 +127,10 @@ def _run(args) -> int:
         print(f"  {name}: {art.path} ({art.size_bytes / 1e6:.1f} MB)")
     for rec in result.records:
         print(f"  result: {rec}")
+    if result.records:
+        from distill.evaluation.report import summary
+
+        print(f"\n{summary(result.records)}\nreport: {Path(result.records[0]).parent / 'index.html'}")
     return 0
 
 

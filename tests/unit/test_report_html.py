@@ -111,3 +111,15 @@ def test_index_html_loads_in_headless_chromium_without_errors(report_dir):
     assert errors == []
     assert value["rows"] == ["asset/w", "int8", "asset/lm"]  # the base first, its variant under it
     assert value["images"] and all(w > 0 for w in value["images"])  # every plot decoded
+
+
+def test_run_summary_is_a_short_table_of_the_given_records(report_dir):
+    from distill.evaluation.report import summary
+
+    text = summary(sorted(p for p in report_dir.glob("*.json") if "asset__lm" not in p.name))
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["model", "size", "MB"] and "librivox-5 wer" in lines[0]
+    rows = {line.split()[0]: line for line in lines[2:4]}
+    assert set(rows) == {"asset/w", "int8"}
+    assert "5.00" in rows["asset/w"] and "baseline" in rows["asset/w"]  # WER in %, the reference row
+    assert "6.00" in rows["int8"] and "failed" in rows["int8"] and "0.833 (librivox-5)" in rows["int8"]
