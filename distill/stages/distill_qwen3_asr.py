@@ -187,7 +187,7 @@ def run(spec: Qwen3AsrDistillStage, ctx: RunContext) -> Artifact:
         else:
             s_emb, s_enc = q3.audio_embeddings(s_thinker, [examples[i]["features"].to(ctx.device) for i in rows],
                                                hid.encoder)
-        s_hidden, s_states = s_thinker_states(ids, mask, s_emb)
+        s_hidden, s_states = q3.thinker_states(s_thinker, ids, mask, s_emb, hidden=bool(pairs))
         with torch.no_grad():
             t_hidden, t_states = q3.thinker_states(t_thinker, ids, mask, torch.cat([t_audio[i] for i in rows]),
                                                    hidden=bool(pairs))
@@ -210,9 +210,6 @@ def run(spec: Qwen3AsrDistillStage, ctx: RunContext) -> Artifact:
             metrics["hidden_encoder"] = float(enc.detach())
         metrics["loss"] = float(total.detach())
         return total, metrics
-
-    def s_thinker_states(ids, mask, emb):
-        return q3.thinker_states(s_thinker, ids, mask, emb, hidden=bool(pairs))
 
     from distill.training import train
 
