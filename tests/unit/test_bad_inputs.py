@@ -233,13 +233,36 @@ def unfinished_copy(run_dir: Path, dest: Path) -> Path:
     return dest
 
 
+# End to end through `distill run` (each pays a transformers import); the other inline-config
+# cases run in-process below, through the same function `run` calls.
 RUN_CASES = [
     (["stages.0.teacher.config.num_attention_heads=3"], "not a multiple of num_key_value_heads=2"),
-    (["stages.0.teacher.config.hiden_size=64"], "unknown key 'hiden_size' for model_type qwen3"),
-    (["stages.0.student.model.config.model_type=qwen33"], "unknown model_type 'qwen33'"),
     (["stages.0.teacher=nobody-here/no-such-model", "stages.0.student.init=layer_map",
       "stages.0.student.model=null"], "unreachable"),
 ]
+DEEP_CASES = [
+    (["stages.0.teacher.config.hiden_size=64"], "unknown key 'hiden_size' for model_type qwen3"),
+    (["stages.0.student.model.config.model_type=qwen33"], "unknown model_type 'qwen33'"),
+    (["stages.0.teacher.config.num_experts_per_tok=3", "stages.0.teacher.config.model_type=qwen3_moe",
+      "stages.0.teacher.config.num_experts=2"], "num_experts_per_tok=3 exceeds the 2 experts"),
+    (["stages.0.teacher.config.head_dim=null"], "builds no working qwen3 model"),  # the tiny forward
+]
+
+
+@pytest.mark.slow
+def test_inline_configs_checked_against_their_class():
+    from distill import config_checks, recipe
+    from distill.errors import DistillError
+
+    for overrides, needle in DEEP_CASES:
+        r = recipe.load(TINY, overrides)
+        recipe.check_references(r)  # torch-free checks pass: these need the config class
+        with pytest.raises(DistillError) as err:
+            config_checks.deep(r)
+        assert needle in err.value.one_line(), (overrides, err.value.one_line())
+    config_checks.deep(recipe.load(TINY))  # the recipe as committed passes
+    moe = recipe.load(ROOT / "recipes/_tiny/moe-to-dense.yaml")  # head_dim: read by the model code
+    config_checks.deep(moe)
 
 
 @pytest.mark.slow
