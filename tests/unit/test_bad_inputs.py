@@ -443,3 +443,15 @@ def test_sdist_is_fetched_as_bytes_and_hashed_before_anything_builds(tmp_path, m
     with pytest.raises(Exception, match="checksum mismatch"):
         fetch.fetch(bad)
     assert not (tmp_path / "cache" / "downloads" / "pypi" / "some_pkg-1.0.tar.gz").exists()
+
+
+def test_a_stage_kind_without_its_module_fails_before_the_run(monkeypatch):
+    from distill import checks, recipe
+    from distill.errors import DistillError
+    from distill.recipe import DistillStage
+
+    r = recipe.load(TINY)
+    monkeypatch.setattr(DistillStage, "runner", "distill.stages.not_built_yet:run")
+    with pytest.raises(DistillError, match="stage kind 'distill' is not built in this version") as err:
+        checks.check_stage_code(r)
+    assert "quantize" in err.value.fix and "distill," not in err.value.fix + ","
