@@ -189,11 +189,11 @@ def merge(old: Record | None, new: Record, new_samples: list[dict], old_samples:
         return new, new_samples
     tasks = {m.task for m in new.metrics}
     suites = {t.suite for t in new.throughput}
+    ran = set(new.suites) | {m.suite for m in new.metrics}  # before new.metrics takes the old ones
     new.metrics = [m for m in old.metrics if m.task not in tasks] + new.metrics
     new.throughput = [t for t in old.throughput if t.suite not in suites] + new.throughput
     new.provenance["commands"] = {**old.provenance.get("commands", {}), **new.provenance.get("commands", {})}
     # Each suite keeps the conditions it ran under; the new run's own suites replace theirs.
-    ran = set(new.suites) | {m.suite for m in new.metrics}
     new.suites = {**{k: v for k, v in old.suites.items() if k not in ran}, **new.suites}
     new.gate = new.gate if new.gate is not None else old.gate
     kept = [r for r in old.recovery if r.task not in tasks]

@@ -91,3 +91,29 @@ def test_rescore_refuses_tasks_it_cannot_recompute(tmp_path):
         rescore(tmp_path, aid, ["smoke-ppl"])
     with pytest.raises(DistillError, match="no stored predictions"):
         rescore(tmp_path, aid, ["librivox-5"])
+
+
+def test_merging_suites_keeps_each_suites_own_conditions():
+    def record(suite: str, sha: str, dirty: bool, threads: int, load: list[float]) -> results.Record:
+        return results.Record(
+            artifact_id="asset/m", kind="hf-whisper", adapter="hf-whisper", family="asset/m", modality="asr",
+            metrics=[results.Metric(task=f"{suite}-task", task_version=1, metric="wer", value=0.1, n=1,
+                                    higher_is_better=False, suite=suite)],
+            throughput=[results.Throughput(kind="asr_rtfx", value=5.0, unit="x", suite=suite,
+                                           conditions={"threads": threads, "load_avg_before": load})],
+            suites={suite: results.suite_run({"suite": suite, "git": {"sha": sha, "dirty": dirty},
+                                              "threads": threads, "load_avg_before": load,
+                                              "commands": {suite: f"distill eval m --suite {suite}"}})},
+            samples="samples/asset__m.jsonl")
+
+    first = record("asr-en", "aaa", False, 2, [0.5, 0.4, 0.3])
+    merged, _ = results.merge(first, record("asr-cmn", "bbb", True, 1, [9.0, 8.0, 7.0]), [], [])
+    assert set(merged.suites) == {"asr-en", "asr-cmn"}
+    assert (merged.suites["asr-en"].git_sha, merged.suites["asr-en"].git_dirty, merged.suites["asr-en"].threads) \
+        == ("aaa", False, 2)
+    assert (merged.suites["asr-cmn"].git_sha, merged.suites["asr-cmn"].git_dirty) == ("bbb", True)
+    assert merged.suites["asr-en"].command == "distill eval m --suite asr-en"
+    assert {t.suite: t.conditions["load_avg_before"][0] for t in merged.throughput} == {"asr-en": 0.5, "asr-cmn": 9.0}
+    # Re-running a suite replaces its conditions, and only its own.
+    again, _ = results.merge(merged, record("asr-en", "ccc", False, 2, [1.0, 1.0, 1.0]), [], [])
+    assert again.suites["asr-en"].git_sha == "ccc" and again.suites["asr-cmn"].git_sha == "bbb"
