@@ -188,7 +188,10 @@ def check_models(stage, where: str, facts=config_of) -> None:
     cfgs = {k: facts(v) for k, v in refs.items()}
     for name, ref in refs.items():
         vocab = (cfgs[name] or {}).get("vocab_size")
-        tokens = tokenizer_size(ref) if isinstance(vocab, int) else None
+        # A model directory ships its own tokenizer; only a recipe's own pairing (an inline config, or
+        # `tokenizer:` given) can mismatch, and reading a large tokenizer.json costs ~0.1-0.5 s.
+        paired = ref.config is not None or bool(ref.tokenizer)
+        tokens = tokenizer_size(ref) if isinstance(vocab, int) and paired else None
         if tokens is not None and vocab < tokens:  # ids past the embedding table: an index error later
             what = "the built-in byte tokenizer" if tokenizer_key(ref) == "bytes" else \
                 f"its tokenizer ({tokenizer_key(ref)})"
