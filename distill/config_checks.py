@@ -47,11 +47,16 @@ def is_hub_id(source: str, looks_local) -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    host = (os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}").split("://")[-1].split("/")[0]
+    """One TCP connect to the hub endpoint (HF_ENDPOINT or huggingface.co), instead of the client's
+    retries (22 lines over ~25 s when offline)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+        socket.create_connection((url.hostname or HUB_HOST, port), timeout=timeout).close()
         return True
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
