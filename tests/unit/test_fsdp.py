@@ -2,8 +2,9 @@
 
 The tiny MoE -> dense twin (an MoE trained from scratch, then distilled through the offline cache,
 filled by both processes, into a dense student) ends with the weights of a 1-process run with the same global batch
-(tolerance 1e-5 absolute: the reduce-scatter sums in another order than one process does; measured
-~2e-7), resumes exactly (bit-identical) from its FULL state-dict checkpoint, and a resume with
+(tolerance 5e-5 absolute: the reduce-scatter sums in another order than one process does, and
+AdamW divides a near-zero gradient element by its own scale; measured 1.5e-5 in one element of one
+expert with grad_accum 2, 1.6e-7 without), resumes exactly (bit-identical) from its FULL state-dict checkpoint, and a resume with
 another process count is refused. Bad input (a batch the world size cannot split, a model the wrap
 policy cannot shard) is refused with one error.
 """
@@ -29,7 +30,8 @@ from distill.training import micro_batch
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "recipes/_tiny/moe-to-dense.yaml")
 # As in test_distributed_run: the MoE balancing loss is a per-process mean, so it is off here.
-SAME = ["stages.0.router_aux_weight=0"]
+# grad_accum 2 on the MoE stage: FSDP skips the reduce-scatter on the first micro-batch.
+SAME = ["stages.0.router_aux_weight=0", "stages.0.train.grad_accum=2"]
 # eval_every: the held-out loss mid-training runs on the sharded student (root unit gathered).
 FSDP = ["stages.0.train.parallel=fsdp", "stages.1.train.parallel=fsdp", "stages.1.train.eval_every=2"]
 STAGES = ("teacher", "dense")
@@ -73,7 +75,7 @@ def runs(tmp_path_factory):
 @pytest.mark.slow
 def test_fsdp_two_processes_match_one_process(runs):
     one, two = runs
-    assert max_diff(one, two) <= 1e-5
+    assert max_diff(one, two) <= 5e-5
     cache = json.loads((two / "artifacts" / "dense" / "manifest.json").read_text())["extra"]["teacher_cache"]
     assert cache["fill_processes"] == 2 and [r["rank"] for r in cache["per_process"]] == [0, 1]
     assert all(r["shards"] > 0 for r in cache["per_process"])  # both processes filled shards
