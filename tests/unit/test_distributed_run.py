@@ -2,7 +2,7 @@
 the weights equal a 1-process run with the same global batch (batch_size is per process).
 
 The recipe is the tiny MoE -> dense twin: a training stage, then a distill stage that reads it as
-`stage:teacher` through an offline teacher cache rank 0 fills, then (2-process run only) the smoke
+`stage:teacher` through an offline teacher cache both processes fill, then (2-process run only) the smoke
 evaluation. Its MoE load-balancing loss is turned off: DDP computes it over each process's tokens,
 and a product of per-token means is not the mean over both halves, so with it the weights differ
 by ~1e-2 although everything else is identical.
