@@ -283,23 +283,42 @@ def generate_kwargs(model, language: str | None) -> dict:
     return {"language": language, "task": "transcribe"} if multilingual and language else {}
 
 
-def pseudo_label(teacher, encoder_states: torch.Tensor, language: str | None,
-                 max_new_tokens: int = 128) -> list[list[int]]:
-    """Teacher greedy transcripts of precomputed encoder states, as token ids (no start token,
-    ending at EOS). Call under torch.no_grad()."""
+def pseudo_label(teacher, encoder_states: torch.Tensor, language: str | None, max_new_tokens: int = 128,
+                 prefix: list[int] | None = None) -> list[list[int]]:
+    """Teacher greedy transcripts of precomputed encoder states as decoder targets: `prefix` (the
+    forced tokens after the start token: language, task, no-timestamps) + text + EOS.
+
+    generate() returns the decoder prompt or not depending on the input path (features vs encoder
+    states), so leading special tokens are stripped and the prefix put back: labels always have the
+    form `reference_labels` gives. Call under torch.no_grad().
+    """
     from transformers.modeling_outputs import BaseModelOutput
 
     eos = teacher.generation_config.eos_token_id
+    start = teacher.config.decoder_start_token_id
     seqs = teacher.generate(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states),
                             num_beams=1, do_sample=False, max_new_tokens=max_new_tokens,
                             **generate_kwargs(teacher, language))
     out = []
     for seq in seqs.tolist():
-        seq = seq[1:]  # drop <|startoftranscript|>: it is the decoder start, not a target
-        if eos in seq:
-            seq = seq[: seq.index(eos) + 1]
-        out.append(seq)
+        i = 0
+        while i < len(seq) and (seq[i] >= eos or seq[i] == start) and seq[i] != eos:
+            i += 1  # the decoder prompt, when generate returned it
+        text = []
+        for tok in seq[i:]:
+            if tok == eos:
+                break
+            if tok < eos:  # Whisper's special and timestamp tokens all sit above EOS
+                text.append(tok)
+        out.append(list(prefix or []) + text + [eos])
     return out
+
+
+def label_prefix(tokenizer, language: str | None) -> list[int]:
+    """The forced decoder tokens after the start token (e.g. <|en|><|transcribe|><|notimestamps|>)."""
+    if language:
+        tokenizer.set_prefix_tokens(language=language, task="transcribe", predict_timestamps=False)
+    return list(tokenizer.prefix_tokens[1:])
 
 
 def reference_labels(tokenizer, texts: list[str], language: str | None) -> list[list[int]]:

@@ -37,7 +37,7 @@ from distill.errors import DistillError
 logger = logging.getLogger(__name__)
 
 META, SUMMARY = "meta.json", "summary.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: pseudo-labels carry the forced prefix and their first text token
 MIN_ITEMS_FOR_EMPTY_CHECK = 16  # the empty-label rate is judged once this many references are seen
 
 
@@ -107,7 +107,8 @@ def fill(root: Path, teacher, processor, utts: list[speech.Utterance], *, teache
     meta = {"format_version": FORMAT_VERSION, "teacher_sha256": teacher_sha, "top_k": top_k,
             "shard_items": shard_items, "frames": frames, "n_items": len(utts),
             "d_model": teacher.config.d_model, "language": language, "pseudo_label": pseudo,
-            "data_sha256": data_hash(utts, language=language, pseudo=pseudo, max_new_tokens=max_new_tokens)}
+            "data_sha256": data_hash(utts, language=language, pseudo=pseudo, max_new_tokens=max_new_tokens,
+                                     format=FORMAT_VERSION)}
     _open_meta(root, meta)
     n_shards = -(-len(utts) // shard_items)
     if (root / SUMMARY).is_file():
@@ -116,6 +117,7 @@ def fill(root: Path, teacher, processor, utts: list[speech.Utterance], *, teache
     if len(todo) < n_shards:
         logger.info("speech cache: %d of %d shards already written, resuming", n_shards - len(todo), n_shards)
     _check_empty(root, n_shards, max_empty_rate)
+    prefix = speech.label_prefix(processor.tokenizer, language) if pseudo else None
     gen = teacher.generation_config
     pad = gen.pad_token_id if gen.pad_token_id is not None else teacher.config.pad_token_id
     from safetensors.torch import save_file
@@ -130,7 +132,7 @@ def fill(root: Path, teacher, processor, utts: list[speech.Utterance], *, teache
             feats = speech.features(processor.feature_extractor, _audio(chunk))
             enc = teacher.model.encoder(feats).last_hidden_state
             if pseudo:
-                ids = speech.pseudo_label(teacher, enc, language, max_new_tokens)
+                ids = speech.pseudo_label(teacher, enc, language, max_new_tokens, prefix)
             else:
                 ids = speech.reference_labels(processor.tokenizer, [u.text for u in chunk], language)
             labels.extend(ids)

@@ -94,7 +94,8 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
     utts, counts = speech.decode(utts, spec.data.max_seconds)
     language = spec.language if getattr(teacher.generation_config, "is_multilingual", False) else None
     pseudo = spec.pseudo_label
-    probe = speech_cache.data_hash(utts, language=language, pseudo=pseudo, max_new_tokens=128)
+    probe = speech_cache.data_hash(utts, language=language, pseudo=pseudo, max_new_tokens=128,
+                                   format=speech_cache.FORMAT_VERSION)
     root = Path(spec.cache.dir) if spec.cache.dir else ctx.run_dir / "speech_cache" / f"{t_sha[:10]}-{probe[:10]}"
     with ctx.procs.main_first():  # rank 0 fills, the other ranks find the cache done
         summary = speech_cache.fill(root, teacher, processor, utts, teacher_sha=t_sha, language=language,

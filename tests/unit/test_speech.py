@@ -142,6 +142,19 @@ def test_decode_skips_and_counts_bad_audio_and_resamples(tmp_path):
         speech.decode(utts[3:], 30.0)
 
 
+@pytest.mark.parametrize("returned_prompt", [True, False])
+def test_pseudo_labels_keep_the_first_word_and_carry_the_forced_prefix(monkeypatch, returned_prompt):
+    """generate() returns the decoder prompt with input features but not with encoder states: the
+    labels are prefix + text + EOS either way (as Whisper: special tokens sit above EOS)."""
+    teacher = tiny_whisper(2)
+    teacher.config.decoder_start_token_id, teacher.generation_config.eos_token_id = 251, 250
+    prompt = [251, 252, 253] if returned_prompt else []  # <|sot|> <|en|> <|transcribe|>, say
+    out = torch.tensor([prompt + [40, 41, 250, 250], prompt + [42, 250, 250, 250]])
+    monkeypatch.setattr(teacher, "generate", lambda **kw: out)
+    labels = speech.pseudo_label(teacher, torch.zeros(2, 100, 32), None, prefix=[252, 253])
+    assert labels == [[252, 253, 40, 41, 250], [252, 253, 42, 250]]
+
+
 def test_empty_rate_counts_empty_labels_for_spoken_references():
     assert speech.empty_rate(["", " hi", "", ""], ["a b", "hi", "", "c"]) == (2, 3)
 

@@ -20,6 +20,8 @@ class Killed(BaseException):
 class WordTokenizer:
     """Stands in for Whisper's tokenizer: ids > 2 are words, 0-2 are special."""
 
+    prefix_tokens = [1]  # the start token alone: no forced language/task tokens
+
     def batch_decode(self, ids, skip_special_tokens=True):
         return [" ".join(f"w{i}" for i in seq if i > 2) for seq in ids]
 

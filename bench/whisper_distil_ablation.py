@@ -1,0 +1,130 @@
+"""README of results/whisper-base-distil: `distill report` tables + the lever ablation, from records only.
+
+Rows: the teacher and every student of one whisper-base-distil run. WER per task and pooled over the
+real held-out speech (asterisk-en test split, librivox-5, cards-5: errors / reference words summed
+over the three tasks), RTFx from each record's suite throughput (batch 8), and speed-ups at batch 1
+and 8 from bench/results/asr_student_speed.json (models timed side by side, rotated rounds). Every
+number is read from those files; rerun this after any new record.
+
+    python bench/whisper_distil_ablation.py results/whisper-base-distil
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+REAL = ("asterisk-en", "librivox-5", "cards-5")
+TASKS = REAL + ("tts-en-clean", "tts-en-noisy")
+SPEED = Path(__file__).parent / "results" / "asr_student_speed.json"
+
+
+def wer_counts(record: dict) -> dict[str, tuple[int, int]]:
+    """task -> (word errors, reference words) of the record's `wer` metric."""
+    out = {}
+    for m in record["metrics"]:
+        if m["metric"] == "wer" and m["task"] in TASKS:
+            e = m["extra"]
+            out[m["task"]] = (e["substitutions"] + e["insertions"] + e["deletions"], e["n_ref_words"])
+    return out
+
+
+def levers(record: dict, manifests: dict[str, dict]) -> tuple[str, str]:
+    stage = manifests.get(record["artifact_id"], {}).get("stage")
+    if stage is None:
+        return "6 / 6 / 30 s", "teacher"
+    s = stage["student"]
+    cut = f"{s['decoder_layers'] or 6} / {s['encoder_layers'] or 6} / {s['window_seconds'] or 30} s"
+    loss = stage["loss"]
+    how = "untrained" if stage.get("init_only") else (
+        "CE only" if not loss["kd_weight"] else f"KD (T={loss['temperature']:g}) + {loss['ce_weight']:g} CE")
+    return cut, how
+
+
+def training_facts(results_dir: Path, runs_dir: Path) -> dict[str, dict]:
+    """artifact id -> its stage spec and training facts, copied from the run manifests into
+    results_dir/training/stages.json (committed: the runs/ directory is not; not a record)."""
+    path = results_dir / "training" / "stages.json"
+    facts = json.loads(path.read_text()) if path.is_file() else {}
+    keep = ("utterances", "kept_after_wer_filter", "skipped", "speech_cache", "final_metrics",
+            "decoder_layer_map", "encoder_layer_map", "encoder_frames")
+    for p in sorted(runs_dir.glob("whisper-base-distil-*/artifacts/*/manifest.json")):
+        m = json.loads(p.read_text())
+        extra = {k: v for k, v in m.get("extra", {}).items() if k in keep}
+        if "speech_cache" in extra:  # the cache directory is a machine path: keep its facts only
+            extra["speech_cache"] = {k: v for k, v in extra["speech_cache"].items() if k != "dir"}
+        facts[m["artifact_id"]] = {"stage": m["stage"], "params": m.get("params"), **extra}
+    if facts:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(facts, indent=1, sort_keys=True) + "\n")
+    return facts
+
+
+def table(results_dir: Path, runs_dir: Path) -> list[str]:
+    records = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    records = [r for r in records if r.get("modality") == "asr"]
+    manifests = training_facts(results_dir, runs_dir)
+    speed = json.loads(SPEED.read_text()) if SPEED.is_file() else {}
+    ups = speed.get("speedup_vs_teacher_median", {})
+    teacher = next((r for r in records if r["artifact_id"] == "asset/whisper-base"), None)
+    t_rtfx = _rtfx(teacher) if teacher else None
+    lines = ["| model | dec / enc layers / window | training | params | " + " | ".join(f"{t} WER" for t in TASKS)
+             + " | **real pooled WER** (Δ teacher) | RTFx b8 (suite) | speed-up b1 / b8 (bench) |",
+             "|" + "---|" * (len(TASKS) + 7)]
+    t_pool = _pool(wer_counts(teacher)) if teacher else None
+    for r in sorted(records, key=lambda r: (r["artifact_id"] != "asset/whisper-base", r["artifact_id"])):
+        counts = wer_counts(r)
+        cut, how = levers(r, manifests)
+        name = r["artifact_id"].rsplit("/", 1)[-1]
+        pool = _pool(counts)
+        delta = f" ({100 * (pool - t_pool):+.1f})" if pool is not None and t_pool is not None and r is not teacher else ""
+        rtfx = _rtfx(r)
+        rel = f" ({rtfx / t_rtfx:.2f}x)" if rtfx and t_rtfx and r is not teacher else ""
+        b = [ups.get(k, {}).get(name) for k in ("1", "8")]
+        bench = " / ".join(f"{x:.2f}x" if x else "-" for x in b) if r is not teacher else "1 / 1"
+        cells = [f"{100 * e / n:.1f} ({n} w)" if (e, n) != (None, None) and n else "-"
+                 for e, n in (counts.get(t, (None, None)) for t in TASKS)]
+        lines.append(f"| `{name}` | {cut} | {how} | {r['params'] / 1e6:.1f}M | " + " | ".join(cells)
+                     + f" | **{_pct(pool)}**{delta} | {rtfx or '-'}{rel} | {bench} |")
+    return lines
+
+
+def _pool(counts: dict[str, tuple[int, int]]) -> float | None:
+    got = [counts[t] for t in REAL if t in counts]
+    return sum(e for e, _ in got) / sum(n for _, n in got) if got else None
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _rtfx(record: dict) -> float | None:
+    for t in record.get("throughput", []):
+        if t["kind"] == "asr_rtfx" and t.get("suite") == "asr-en":
+            return round(t["value"], 2)
+    return None
+
+
+def main() -> None:
+    from distill.evaluation.report import write_report
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results_dir", type=Path)
+    ap.add_argument("--runs", type=Path, default=Path("runs"))
+    ap.add_argument("--notes", type=Path, help="markdown appended after the table (measured conditions, findings)")
+    args = ap.parse_args()
+    readme = write_report(args.results_dir)
+    section = ["", "## Lever ablation (generated by `python bench/whisper_distil_ablation.py "
+               f"{args.results_dir}` from the records above and bench/results/asr_student_speed.json)", ""]
+    section += table(args.results_dir, args.runs)
+    section += ["", "WER in % (reference words scored in brackets; `--limit` items per task, see the conditions "
+                "above). Real pooled = asterisk-en test + librivox-5 + cards-5, errors / words summed."]
+    if args.notes and args.notes.is_file():
+        section += ["", args.notes.read_text().rstrip()]
+    readme.write_text(readme.read_text().rstrip() + "\n" + "\n".join(section) + "\n")
+    print(readme)
+
+
+if __name__ == "__main__":
+    main()
