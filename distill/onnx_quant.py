@@ -7,7 +7,7 @@
   Graphs holding `If` subgraphs (Whisper's merged decoder) cannot expose their inner tensors to the
   calibrator; they get dynamic INT8 and the manifest says so per graph.
 - INT4: weight-only MatMulNBits, block-wise (RTN, HQQ, or GPTQ with calibration on single-graph
-  LMs); the embedding table becomes GatherBlockQuantized (RTN). `accuracy_level` 4 = the kernel
+  LMs); the embedding table becomes GatherBlockQuantized (RTN, whatever the MatMul method). `accuracy_level` 4 = the kernel
   quantizes activations to INT8 per block (ORT's fast CPU path).
 A tied output head (Whisper: MatMul(x, Transpose(embedding))) is untied for INT4 so the head weight
 is an initializer MatMulNBits can reach (otherwise it stays fp32 and INT4 is barely smaller). INT8
@@ -63,8 +63,8 @@ def _precision(spec) -> dict:
         return {"dtype": "float32", "weights": "float32", "activations": "float32", "bits": 32}
     if spec.quantize == "int4":
         return {"dtype": f"int4-{spec.int4_method}-b{spec.block_size}", "bits": 4,
-                "weights": f"int4 block {spec.block_size} ({spec.int4_method}): MatMul weights"
-                + (" and the embedding table" if spec.int4_method == "rtn" else "; embedding table fp32"),
+                "weights": f"int4 block {spec.block_size}: MatMul weights ({spec.int4_method}), "
+                           "embedding table (rtn, GatherBlockQuantized)",
                 "activations": f"int8 per block inside MatMulNBits (accuracy_level {INT4_ACCURACY_LEVEL})"}
     static = spec.quantize == "int8-static"
     return {"dtype": spec.quantize, "bits": 8,
@@ -245,7 +245,15 @@ def _int4(model, spec, feeds: list[dict] | None, exclude: list[str]):
                                      accuracy_level=INT4_ACCURACY_LEVEL, nodes_to_exclude=exclude,
                                      algo_config=config)
     quantizer.process()
-    return quantizer.model.model
+    model = quantizer.model.model
+    if spec.int4_method != "rtn":  # HQQ/GPTQ reach MatMul only: the embedding table gets RTN 4-bit
+        table = DefaultWeightOnlyQuantConfig(block_size=spec.block_size, is_symmetric=True,
+                                             op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
+        second = MatMulNBitsQuantizer(model, block_size=spec.block_size, is_symmetric=True,
+                                      nodes_to_exclude=exclude, algo_config=table)
+        second.process()
+        model = second.model.model
+    return model
 
 
 def quantize(out: Path, graphs: list[str], spec, calibration: dict | None) -> dict:
