@@ -479,7 +479,7 @@ class SpeechData(Spec):
 
     source: str | list[str] = Field(
         description="`asset:<id>` (e.g. asset:tts-en), a .jsonl manifest of {audio_path, text}, or a "
-        "list of them (mixed in a seeded order, so max_items takes from every source)"
+        "list of them (each shuffled by the seed, taken round-robin: max_items takes equally from each)"
     )
     split: str | None = Field("train", description="dataset split (assets with splits or a split column)")
     max_items: int | None = Field(None, gt=0, description="cap on utterances used (None = all)")
