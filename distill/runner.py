@@ -217,6 +217,9 @@ def check(recipe: Recipe) -> None:
     for note in recipe_mod.check_references(recipe, strict=True):
         logger.warning(note)
     config_checks.deep(recipe)
+    from distill.training import check_processes
+
+    check_processes(recipe, int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def run(recipe_path: str | Path | None = None, overrides: list[str] | None = None,

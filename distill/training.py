@@ -200,6 +200,18 @@ def micro_batch(spec: TrainSpec, world: int) -> int:
     return per
 
 
+def check_processes(recipe, world: int) -> None:
+    """At run start, before the run directory exists: every training stage's global_batch splits
+    over `world` processes (the same error train() would raise later, after the work before it)."""
+    for i, stage in enumerate(recipe.stages):
+        spec = getattr(stage, "train", None)
+        if getattr(spec, "global_batch", None) is not None:
+            try:
+                micro_batch(spec, world)
+            except DistillError as err:
+                raise DistillError(f"stages.{i}: {err.problem}", err.fix) from None
+
+
 def _check_resumable(state: dict, world: int, parallel: str, path: Path) -> None:
     """A checkpoint continues exactly only with the process count and sharding it was written with."""
     saved_world, saved_parallel = state.get("world_size", world), state.get("parallel", "ddp")

@@ -131,3 +131,17 @@ def test_fsdp_refuses_a_model_the_wrap_policy_cannot_shard():
     model._no_split_modules = ["NoSuchBlock"]
     with pytest.raises(DistillError, match="cannot shard 'student'"):
         distributed.check_shardable({"student": model})
+
+
+def test_global_batch_is_checked_against_the_process_count_before_the_run_dir(tmp_path, monkeypatch):
+    from distill import recipe
+
+    data = recipe.read_yaml(RECIPE)
+    del data["stages"][1]["train"]["batch_size"]
+    r = recipe.build(data, [f"output_dir={tmp_path}", "stages.1.train.global_batch=8"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    runner.check(r)  # 8 rows = 2 processes x 4
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(DistillError, match="stages.1: train.global_batch 8 does not split over 3 process"):
+        runner.check(r)
+    assert not any(tmp_path.iterdir())
