@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill.dtypes import torch_dtype
 from distill.errors import DistillError
 
 if TYPE_CHECKING:
@@ -69,12 +70,6 @@ def resolve_source(source: str, ctx: RunContext | None = None) -> str:
     return source  # a hub id; from_pretrained will say if it cannot be reached
 
 
-def _dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def build_from_config(config: dict[str, Any], seed: int):
     """A randomly initialised causal LM from an inline config dict (deterministic by seed)."""
     import torch
@@ -118,12 +113,12 @@ def load_causal_lm(ref: ModelRef, ctx: RunContext | None = None, seed: int = 0):
         model_dir = resolve_source(ref.source, ctx)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype=_dtype(ref.dtype), trust_remote_code=ref.trust_remote_code
+                model_dir, dtype=torch_dtype(ref.dtype), trust_remote_code=ref.trust_remote_code
             )
         except OSError as exc:
             raise DistillError(f"cannot load model '{ref.source}': {str(exc).splitlines()[0]}",
                                "check the path or id; offline, use asset:<id>") from None
-    model.to(_dtype(ref.dtype))
+    model.to(torch_dtype(ref.dtype))
     model.eval()
     return model, load_tokenizer(ref, model_dir, ctx)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distill.dtypes import torch_dtype
 from distill.errors import DistillError
 
 INSTALL = "pip install -c requirements/constraints.txt qwen-asr==0.0.6"
@@ -213,14 +214,10 @@ def build_model(config: dict, processor, seed: int, dtype: str = "float32"):
                            "raise thinker_config.text_config.vocab_size")
     torch.manual_seed(seed)
     # Built in its dtype (a 2B-parameter bf16 teacher never exists in fp32 first).
-    model = tb.Qwen3ASRForConditionalGeneration._from_config(tb.Qwen3ASRConfig(**cfg), dtype=_torch_dtype(dtype))
+    model = tb.Qwen3ASRForConditionalGeneration._from_config(tb.Qwen3ASRConfig(**cfg), dtype=torch_dtype(dtype))
     return model.eval()
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def load_model(path: str, device: str = "cpu", dtype: str = "float32", quantization_config=None,
@@ -230,7 +227,7 @@ def load_model(path: str, device: str = "cpu", dtype: str = "float32", quantizat
     placed at load time."""
     check_dir(path)
     tb = classes()
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype)}
     quantized = quantized or quantization_config is not None
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config

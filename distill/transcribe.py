@@ -89,13 +89,13 @@ def transcribe_files(model: str, audio: list[str], *, language: str = "en", cont
 
     import torch
 
-    from distill.evaluation.adapters import ADAPTERS
+    from distill.evaluation.adapters import loader_for
 
     if threads:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    asr = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
+    asr = loader_for(ref)(ref.source, device, ref.manifest)
     load_s = time.perf_counter() - t0
     if asr.modality != "asr":
         raise DistillError(f"'{model}' is a {asr.modality} model, not a speech recognizer",

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError
+from distill.dtypes import bnb_dtype, dtype_name
+from distill.errors import DistillError, unknown_choice
 
 logger = logging.getLogger(__name__)
 
@@ -224,13 +225,6 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def _dtype_name(model) -> str:
-    try:
-        return str(next(model.parameters()).dtype).removeprefix("torch.")
-    except (StopIteration, AttributeError):
-        return "float32"
-
-
 def _whisper(model, path: str, backend: str, device: str) -> SpeechToText:
     from transformers import WhisperProcessor
 
@@ -242,7 +236,7 @@ def _whisper(model, path: str, backend: str, device: str) -> SpeechToText:
     if backend == "bitsandbytes":  # its float32 convs/embeddings would otherwise name the dtype
         dtype = bnb_dtype(model)
     else:
-        dtype = "float32" if backend == "onnxruntime" else _dtype_name(model)
+        dtype = "float32" if backend == "onnxruntime" else dtype_name(model)
     return SpeechToText(model=model, processor=processor, backend=backend, dtype=dtype,
                         device=device, multilingual=bool(multi))
 
@@ -253,7 +247,7 @@ def load_hf_causal_lm(path: str, device: str = "cpu", manifest=None) -> CausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     return CausalLM(model=model, tokenizer=_tokenizer(path), backend="torch-eager",
-                    dtype=_dtype_name(model), device=device)
+                    dtype=dtype_name(model), device=device)
 
 
 def load_hf_whisper(path: str, device: str = "cpu", manifest=None) -> SpeechToText:
@@ -347,12 +341,6 @@ def load_bnb(path: str, device: str = "cpu", manifest=None):
                     device=device)
 
 
-def bnb_dtype(model) -> str:
-    """The record's dtype label of a bitsandbytes-loaded model: int8, nf4 or fp4."""
-    cfg = model.config.quantization_config
-    return "int8" if getattr(cfg, "load_in_8bit", False) else getattr(cfg, "bnb_4bit_quant_type", "4bit")
-
-
 def load_torch_dynamic_quant(path: str, device: str = "cpu", manifest=None):
     """torch.ao dynamic INT8 Linear. The quantize stage saves the quantized state dict
     (`model.int8.pt`): the module tree is built from config.json, given the same dynamic-INT8
@@ -438,3 +426,11 @@ ADAPTERS = {
     "onnx": load_onnx,
     "ct2": load_ct2,
 }
+
+
+def loader_for(ref):
+    """The loader of a resolved ModelRef (its manifest's `adapter`): where a model reference meets
+    this registry, so model resolution (loading.py) needs no import of it."""
+    if ref.adapter not in ADAPTERS:
+        raise unknown_choice(f"adapter of '{ref.artifact_id}'", ref.adapter, ADAPTERS)
+    return ADAPTERS[ref.adapter]

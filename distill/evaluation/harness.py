@@ -15,7 +15,7 @@ from pathlib import Path
 from distill.errors import DistillError
 from distill.evaluation import asr as asr_task
 from distill.evaluation import inputs, mc, perplexity, results, throughput
-from distill.evaluation.adapters import ADAPTERS
+from distill.evaluation.adapters import loader_for
 from distill.evaluation.data import limit_rows, task_rows
 from distill.evaluation.loading import ModelRef, count_params, resolve_model
 from distill.evaluation.tasks import EVAL_DIR, load_suite, load_task, with_options
@@ -93,6 +93,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     suite_spec = load_suite(suite)
     tasks = [with_options(load_task(name), asr_options) for name in suite_spec.tasks]
     ref = resolve_model(model)
+    loader = loader_for(ref)  # an unknown adapter fails here, before any data or weights load
     inputs.check_weight_files(ref.source, ref.kind)
     base_record = results.find_baseline(baseline, results_dir) if baseline else None
     full = {t.name: task_rows(t) for t in tasks}  # fails on missing/empty data before loading
@@ -111,7 +112,7 @@ def evaluate(model: str, suite: str, *, limit: int | None = None, baseline: str 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DistillError(f"device '{device}' requested but CUDA is not available", "use --device cpu")
     window_reset = throughput.reset_peak_memory(device)
-    adapter = inputs.load_adapter(ADAPTERS[ref.adapter], ref, device)
+    adapter = inputs.load_adapter(loader, ref, device)
     inputs.check_finite_weights(adapter, model)
     if adapter.modality != suite_spec.modality:
         raise DistillError(f"suite '{suite_spec.name}' is for {suite_spec.modality} models but "
@@ -178,7 +179,7 @@ def score_task(model: str, task: str, limit: int | None = None, *, device: str =
     if manifest is not None:
         ref.adapter, ref.manifest = manifest.adapter, manifest
     rows = limit_rows(task_rows(spec), limit, spec.name)
-    adapter = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
+    adapter = loader_for(ref)(ref.source, device, ref.manifest)
     if adapter.modality != _RUNNERS[spec.type]:
         raise DistillError(f"task '{task}' scores {_RUNNERS[spec.type]} models but '{model}' is an "
                            f"{adapter.modality} model", "pick a task of its modality")
@@ -202,7 +203,7 @@ def task_token_logprobs(model: str, task: str, limit: int | None = None, *, devi
     if manifest is not None:
         ref.adapter, ref.manifest = manifest.adapter, manifest
     rows = limit_rows(task_rows(spec), limit, spec.name)
-    adapter = ADAPTERS[ref.adapter](ref.source, device, ref.manifest)
+    adapter = loader_for(ref)(ref.source, device, ref.manifest)
     if adapter.modality != "lm":
         raise DistillError(f"'{model}' is an {adapter.modality} model; token log-probs need a language model",
                            "gate speech models on an ASR task")

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.errors import DistillError, unknown_choice
+from distill.errors import DistillError
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,10 @@ def _adapter_for_model_type(model_type: str | None) -> str:
 
 def _from_dir(path: Path, artifact_id: str | None = None) -> ModelRef:
     from distill import artifacts
-    from distill.evaluation.adapters import ADAPTERS
 
     if artifacts.is_complete(path):
         art = artifacts.load(path)
-        adapter = art.adapter or art.kind
-        if adapter not in ADAPTERS:
-            raise unknown_choice(f"adapter in {path / artifacts.MANIFEST}", adapter, ADAPTERS)
+        adapter = art.adapter or art.kind  # checked against the registry where it is dispatched
         return ModelRef(source=str(path), artifact_id=art.artifact_id, kind=art.kind, adapter=adapter,
                         lineage=list(art.lineage), recipe_sha256=art.recipe_sha256, run_id=art.run_id,
                         params=art.params, size_bytes=art.size_bytes or artifacts.dir_size(path),

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from distill.evaluation.report import (MODALITIES, PERCENT, SPEED_LABEL, Column, Section, fmt, primary,
+from distill.evaluation.report_data import (MODALITIES, PERCENT, SPEED_LABEL, Column, Section, fmt, primary,
                                        recovery, speed)
 from distill.evaluation.results import Record, read_samples
 

@@ -35,3 +35,14 @@ def test_every_kind_has_an_evaluation_adapter_and_plain_dirs_map_by_model_type()
     assert artifacts.kind_for_model_type("whisper") is ArtifactKind.HF_WHISPER
     assert artifacts.kind_for_model_type("qwen3_asr") is ArtifactKind.QWEN3_ASR
     assert artifacts.kind_for_model_type("llama") is ArtifactKind.HF_CAUSAL_LM
+
+
+def test_an_unknown_adapter_is_refused_where_it_is_dispatched(tmp_path):
+    from distill.evaluation.adapters import loader_for
+    from distill.evaluation.loading import resolve_model
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    artifacts.finalize(Artifact(path=tmp_path, artifact_id="run/x", kind="onnx", adapter="onnx-v9"))
+    ref = resolve_model(str(tmp_path))  # resolution reads the manifest only
+    with pytest.raises(DistillError, match="onnx-v9"):
+        loader_for(ref)

@@ -57,3 +57,37 @@ def test_no_stage_module_imports_a_sibling_stage():
                 if t.startswith("distill.stages.") and t.split(".")[2] in names and t.split(".")[2] != path.stem:
                     offenders.append(f"{path.name} imports {t}")
     assert not offenders, offenders
+
+
+def _distill_imports(path: Path) -> set[str]:
+    """Every distill module a file imports, at module level or inside functions."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distill"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                out.add(full if _is_module(full) else node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("distill"))
+    return out
+
+
+def test_evaluation_modules_import_each_other_without_cycles():
+    """adapters -> loading -> adapters (and the like) made the import order matter; model
+    resolution, adapters and dtype helpers import each other in one direction only."""
+    folder = PACKAGE / "evaluation"
+    graph = {f"distill.evaluation.{p.stem}": {m for m in _distill_imports(p) if m.startswith("distill.evaluation.")}
+             for p in folder.glob("*.py") if p.stem != "__init__"}
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            assert state.get(nxt) != 1, "import cycle: " + " -> ".join(path + [nxt])
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

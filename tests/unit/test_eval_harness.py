@@ -169,8 +169,9 @@ def test_asr_scores_raw_outputs_and_counts_undecodable_audio(tmp_path, caplog):
 
 
 def test_adapter_registry_and_qwen3_asr_is_not_faked(tmp_path):
-    assert set(adapters.ADAPTERS) == {"hf-causal-lm", "hf-whisper", "qwen3-asr", "peft-adapter", "bnb",
-                                      "torch-dynamic-quant", "onnx"}
+    from distill.artifacts import ArtifactKind
+
+    assert set(adapters.ADAPTERS) == {k.value for k in ArtifactKind}  # one loader per artifact kind
     (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
     with pytest.raises(DistillError, match="not a Qwen3-ASR model directory"):
         adapters.ADAPTERS["qwen3-asr"](str(tmp_path))  # the real loader: tests/unit/test_eval_qwen3_asr.py
