@@ -269,6 +269,8 @@ def run(spec: LoraStage, ctx: RunContext) -> Artifact:
     peft_model.eval()
     extra.update(final_metrics=final, train_seconds=round(time.perf_counter() - t0, 2),
                  peak_memory=throughput.peak_memory(ctx.device, window)[0])
+    if window:  # the harness's label names its own window; this one is the stage's
+        extra["peak_memory"]["conditions"]["scope"] = "stage: base load to end of training"
     logger.info("stage %s done: %s; peak RSS %.0f MB", ctx.stage_name,
                 {k: round(v, 4) for k, v in final.items()}, extra["peak_memory"]["value"] / 1e6)
 
