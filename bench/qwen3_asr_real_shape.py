@@ -8,7 +8,7 @@ real-size pipeline runs, not accuracy.
 
 The variant is chosen by the plan: the first of (fp32 student, trainable encoder) -> (fp32, frozen
 encoder) -> (bf16 student) -> (bf16, frozen) -> (bf16, frozen, batch 1) -> (the same at half depth:
-real widths and vocabulary, half, then a quarter of the encoder and decoder layers) whose plan
+real widths and vocabulary, 1/2, 1/4, then 1/8 of the encoder and decoder layers) whose plan
 estimate plus the measured Python runtime fits in the memory available now minus a safety margin
 (the machine is shared). The run is a fresh `python -m distill run` child; its ru_maxrss is the measured peak.
   python bench/qwen3_asr_real_shape.py            -> bench/results/qwen3_asr_real_shape.{json,md}
@@ -39,6 +39,7 @@ VARIANTS = [  # (name, student dtype, freeze encoder, batch, depth: share of enc
     # Real widths and vocabulary, half the layers of both models: when the machine is too busy.
     ("half-depth-bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 0.5),
     ("quarter-depth-bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 0.25),
+    ("eighth-depth-bf16-student-frozen-encoder-batch1", "bfloat16", True, 1, 0.125),
 ]
 RUNTIME_CHILD = ("import resource, torch, transformers, qwen_asr, distill.stages.distill_qwen3_asr\n"
                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
@@ -122,8 +123,6 @@ def main() -> None:
            "TOKENIZERS_PARALLELISM": "false"}
     manifest = clips(work / "data", 4)
     base_kib = runtime_kib(env)
-    avail = available_gib()
-    budget = avail - args.margin_gib
     plans, chosen = [], None
     for name, dtype, frozen, batch, depth in VARIANTS:
         teacher_dir = shallower(args.teacher, depth, work / f"configs-{depth}" / "teacher")
@@ -134,10 +133,15 @@ def main() -> None:
         total = est / GIB + base_kib / 1024**2
         plans.append({"variant": name, "student_dtype": dtype, "freeze_encoder": frozen, "batch": batch,
                       "depth": depth, "teacher_params": teacher.params, "student_params": student.params,
-                      "plan_gib": round(est / GIB, 3), "plan_plus_runtime_gib": round(total, 3),
-                      "fits_budget": total <= budget})
-        if chosen is None and total <= budget:
-            chosen = (plans[-1], data)
+                      "plan_gib": round(est / GIB, 3), "plan_plus_runtime_gib": round(total, 3), "recipe": data})
+    avail = available_gib()  # read after the planning: this process's own memory is already taken
+    budget = avail - args.margin_gib
+    for p in plans:
+        p["fits_budget"] = p["plan_plus_runtime_gib"] <= budget
+        if chosen is None and p["fits_budget"]:
+            chosen = (p, p["recipe"])
+    for p in plans:
+        del p["recipe"]
     print(json.dumps({"available_gib": round(avail, 2), "budget_gib": round(budget, 2),
                       "runtime_gib": round(base_kib / 1024**2, 3), "variants": plans}, indent=2))
     if args.dry_run or chosen is None:
