@@ -88,6 +88,7 @@ def test_validate_bad_override(overrides, needle, tmp_path):
     check_case(["validate", TINY, f"output_dir={tmp_path / 'runs'}", *overrides], needle, [tmp_path])
 
 
+@pytest.mark.slow  # 5 CPU-s measured (DISTILL_TEST_CPU, shared machine)
 def test_validate_bad_files(tmp_path):
     binary = tmp_path / "b.yaml"
     binary.write_bytes(b"\x80\x81\xff")

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = textwrap.dedent('''
@@ -51,6 +53,7 @@ WORKER = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # 25 CPU-s measured (DISTILL_TEST_CPU, shared machine)
 def test_two_processes_match_one_process_loss_trajectory(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -31,6 +31,8 @@ SAME = ["stages.0.router_aux_weight=0"]
 STAGES = ("teacher", "dense")
 
 
+pytestmark = pytest.mark.slow  # the module fixture is a 1-process and a 2-process (torchrun) run, like test_fsdp
+
 def torchrun(*args: str, tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
     env.pop("WORLD_SIZE", None)

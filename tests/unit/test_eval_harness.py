@@ -24,6 +24,7 @@ def byte_model(tmp_path_factory):
     return tiny_llama(tmp_path_factory.mktemp("m") / "tiny-byte", tokenizer="bytes")
 
 
+@pytest.mark.slow  # 5 CPU-s measured (DISTILL_TEST_CPU, shared machine)
 def test_smoke_suite_writes_a_record_whose_perplexity_recomputes_from_samples(tmp_path, byte_model):
     path = evaluate(str(byte_model), "smoke", results_dir=tmp_path)
     assert path == tmp_path / "local__tiny-byte.json"
@@ -100,6 +101,7 @@ def fake_mmlu(monkeypatch):
     return test
 
 
+@pytest.mark.slow  # 15 CPU-s measured (DISTILL_TEST_CPU, shared machine)
 def test_mmlu_through_the_harness_with_baseline_recovery_and_merge(tmp_path, fake_mmlu, monkeypatch):
     from distill.evaluation import tasks
 

@@ -12,8 +12,6 @@ from distill.evaluation.adapters import CausalLM
 from distill.evaluation.tasks import load_task
 from test_eval_tiny import letter_tokenizer, mmlu_rows
 
-lm_eval_hf = pytest.importorskip("lm_eval.models.huggingface", reason="lm-eval (dev extra) not installed")
-
 
 def _tokenizer(bos: bool):
     tok = letter_tokenizer()
@@ -44,8 +42,10 @@ def _model(vocab: int):
     return model
 
 
+@pytest.mark.slow  # importing lm-eval alone takes ~20 s on a busy 2-core machine
 @pytest.mark.parametrize("bos", [False, True], ids=["no-bos (SmolLM2)", "bos-by-default"])
 def test_harness_and_lm_eval_encode_and_score_mmlu_identically(bos):
+    lm_eval_hf = pytest.importorskip("lm_eval.models.huggingface", reason="lm-eval (dev extra) not installed")
     from lm_eval.api.instance import Instance
 
     tok = _tokenizer(bos)

@@ -89,6 +89,7 @@ def clips(seconds=(1.0, 2.6, 1.7), seed=0):
             for i, x in enumerate(t)]
 
 
+@pytest.mark.slow  # 7 CPU-s measured (DISTILL_TEST_CPU, shared machine)
 def test_transcribe_equals_the_package_path(tiny, asr):
     import librosa
     import torch
