@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = sorted(p.name for p in args.artifacts.iterdir() if (p / "config.json").is_file())
     names = [n for n in names if not args.only or n in args.only]
-    models = {"teacher": load_hf_whisper(str(resolve_model(TEACHER).path))}
+    models = {"teacher": load_hf_whisper(resolve_model(TEACHER).source)}
     models.update({n: load_hf_whisper(str(args.artifacts / n)) for n in names})
     items = clips(args.clips)
     for model in models.values():  # warm-up: allocator, lazy init
