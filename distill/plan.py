@@ -260,6 +260,15 @@ def plan(recipe_path: str, overrides: list[str]) -> str:
             out.append(f"\nstage {name} (train): {m.config.model_type} {m.params / 1e6:.1f}M params "
                        f"({m.active_params / 1e6:.1f}M active/token), {m.layers} layers")
             dirs[name] = cfg
+        elif isinstance(stage, recipe_mod.PruneStage):
+            from distill.pruning import pruned_config
+
+            src = stage.model or recipe_mod.ModelRef(source=f"stage:{list(dirs)[-1]}" if dirs else None)
+            cfg = pruned_config(stage, _config_for(src, dirs))
+            m = shape_of("model", cfg)
+            out.append(f"\nstage {name} (prune, {stage.method}): {m.config.model_type} {m.params / 1e6:.1f}M params, "
+                       f"{m.layers} layers (no training memory: pruning runs forward passes only)")
+            dirs[name] = cfg
         elif stage.kind in ("distill-qwen3-asr", "distill-asr"):
             from distill import plan_asr
 

@@ -234,6 +234,26 @@ def width_prune(model, importance: dict[str, torch.Tensor], intermediate_size: i
     return pruned, facts
 
 
+def pruned_config(spec, config):
+    """The config a prune stage produces from `config`, without weights (for `distill plan`)."""
+    cfg = copy.deepcopy(config)
+    if spec.method == "depth":
+        return with_layers(cfg, resolve_layers(spec.keep_layers, spec.num_layers, cfg.num_hidden_layers, "prune"))
+    if spec.method == "width":
+        n_heads, n_kv, _ = head_groups(cfg)
+        cfg.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+        cfg.num_attention_heads, cfg.num_key_value_heads = check_heads(n_heads, n_kv, spec.num_heads,
+                                                                       spec.num_kv_heads)
+        if spec.intermediate_size or spec.ffn_ratio:
+            cfg.intermediate_size = spec.intermediate_size or max(1, round(cfg.intermediate_size * (1 - spec.ffn_ratio)))
+    if spec.method == "experts":
+        n_exp = _n_experts(cfg)
+        kept = spec.num_experts or max(1, round(n_exp * (1 - spec.experts_ratio)))
+        setattr(cfg, "num_experts" if hasattr(cfg, "num_experts") else "num_local_experts", kept)
+        cfg.num_experts_per_tok = min(cfg.num_experts_per_tok, kept)
+    return cfg  # magnitude / 2:4 keep every shape
+
+
 def _prefix_of(model, layer) -> str:
     for name, module in model.named_modules():
         if module is layer:

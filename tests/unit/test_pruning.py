@@ -184,3 +184,20 @@ def test_moe_merge_of_a_moe_config_without_head_dim_fits_the_attention():
     student, _ = students.moe_to_dense(teacher, "uniform")
     assert student.config.head_dim == 8  # hidden / heads, as the MoE attends
     assert logits(student).shape == logits(teacher).shape
+
+
+@torch.no_grad()
+def test_pruned_config_without_weights_matches_the_pruned_model():
+    from distill.recipe import PruneStage
+
+    text = {"source": "x.txt"}
+    parent = dense(layers=4)
+    width = PruneStage(kind="prune", method="width", ffn_ratio=0.5, num_heads=2, calibration=text)
+    small, _ = pruning.width_prune(parent, pruning.activation_importance(parent, CALIB), 24, 2)
+    planned = pruning.pruned_config(width, parent.config)
+    assert (planned.intermediate_size, planned.num_attention_heads, planned.num_key_value_heads) == \
+        (small.config.intermediate_size, small.config.num_attention_heads, small.config.num_key_value_heads)
+    depth = PruneStage(kind="prune", method="depth", num_layers=3)
+    assert pruning.pruned_config(depth, parent.config).num_hidden_layers == 3
+    experts = PruneStage(kind="prune", method="experts", num_experts=2, calibration=text)
+    assert pruning.pruned_config(experts, moe().config).num_experts == 2
