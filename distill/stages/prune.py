@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from distill import artifacts, models, pruning
+from distill import artifacts, models, pruning, sparsity
 from distill.artifacts import Artifact
 from distill.context import RunContext
 from distill.data import text_blocks
@@ -64,8 +64,8 @@ def prune(spec: PruneStage, model, tokenizer, ctx: RunContext):
                      reap_scores=[[round(float(x), 4) for x in row] for row in scores["reap"]],
                      router_frequencies=[[round(float(x), 4) for x in row] for row in scores["frequency"]])
         return pruned, facts
-    facts = pruning.sparsify(model, spec.method, spec.sparsity)
-    facts["size"] = pruning.sparse_size(model, spec.method)
+    facts = sparsity.sparsify(model, spec.method, spec.sparsity)
+    facts["size"] = sparsity.sparse_size(model, spec.method)
     return model, facts
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from distill import pruning
+from distill import pruning, sparsity
 from distill.errors import DistillError
 
 COMMON = dict(vocab_size=50, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
@@ -114,12 +114,12 @@ def test_depth_layer_map_matches_students_alias():
 @torch.no_grad()
 def test_two_four_mask_keeps_exactly_two_of_four():
     model = dense()
-    facts = pruning.sparsify(model, "2:4")
+    facts = sparsity.sparsify(model, "2:4")
     assert facts["sparsity"] == pytest.approx(0.5)
-    for _, lin in pruning.prunable_linears(model):
+    for _, lin in sparsity.prunable_linears(model):
         groups = (lin.weight != 0).reshape(lin.weight.shape[0], -1, 4).sum(-1)
         assert (groups == 2).all()
-    size = pruning.sparse_size(model, "2:4")
+    size = sparsity.sparse_size(model, "2:4")
     dense_bytes = sum(p.numel() * 4 for p in model.parameters())
     assert size["dense_bytes"] == dense_bytes  # zeros still take their bytes when stored dense
     # half the values + 2 bits per kept value: at exactly 50 % the same bytes as a bitmask
@@ -129,15 +129,15 @@ def test_two_four_mask_keeps_exactly_two_of_four():
 @torch.no_grad()
 def test_magnitude_sparsity_drops_the_smallest_weights():
     model = dense()
-    before = {n: lin.weight.clone() for n, lin in pruning.prunable_linears(model)}
-    facts = pruning.sparsify(model, "magnitude", 0.5)
+    before = {n: lin.weight.clone() for n, lin in sparsity.prunable_linears(model)}
+    facts = sparsity.sparsify(model, "magnitude", 0.5)
     assert facts["sparsity"] == pytest.approx(0.5, abs=1e-3)
-    for name, lin in pruning.prunable_linears(model):
+    for name, lin in sparsity.prunable_linears(model):
         kept = before[name][lin.weight != 0].abs()
         dropped = before[name][lin.weight == 0].abs()
         assert kept.min() >= dropped.max()
     assert model.model.embed_tokens.weight.ne(0).all()  # embeddings are not pruned
-    size = pruning.sparse_size(model, "magnitude")
+    size = sparsity.sparse_size(model, "magnitude")
     assert size["csr_bytes"] > size["bitmask_bytes"]  # at 50 % fp32, int32 indices cost more than a bitmask
 
 
