@@ -25,8 +25,10 @@ def test_generated_reports_are_found():
 @pytest.mark.parametrize("folder", GENERATED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_generated_readme_and_page_equal_a_regeneration_from_the_records(folder: Path):
     secs = report.sections(folder, plots=False)
-    assert (folder / "README.md").read_text() == report.readme(secs), "run `distill report --results-dir " \
-        f"{folder.relative_to(ROOT)}` and commit the result"
+    # A folder's own script may append sections generated from the same records (e.g. the Whisper
+    # lever ablation); the report's part must still equal a regeneration, byte for byte.
+    assert (folder / "README.md").read_text().startswith(report.readme(secs).rstrip()), \
+        f"run `distill report --results-dir {folder.relative_to(ROOT)}` and commit the result"
     assert (folder / "index.html").read_text() == report_html.render(secs, folder)
 
 
