@@ -17,6 +17,7 @@ from typing import Any
 
 from distill.dtypes import bnb_dtype, dtype_name
 from distill.errors import DistillError, unknown_choice
+from distill.evaluation import longform
 
 logger = logging.getLogger(__name__)
 
@@ -173,19 +174,38 @@ class SpeechToText:
         """audios: B float32 mono arrays at `sampling_rate` -> B raw (un-normalised) texts.
 
         context: Whisper's prompt (previous-text tokens); long_audio: `chunk` decodes audio past
-        the window sequentially, `error` refuses it."""
-        import torch
-
-        kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False}
+        the window (Whisper's sequential long-form rule for a 30-s model, pieces cut at pauses for
+        a cut window: distill.evaluation.longform), `error` refuses it."""
         window_s = self.max_audio_seconds
         longest = max(len(a) for a in audios) / sampling_rate
         if long_audio == "error" and longest > window_s:
             raise DistillError(f"audio of {longest:.1f} s exceeds this Whisper's {window_s:g} s window and "
                                "long_audio is 'error'", "set long_audio: chunk or cut the audio")
+        if longest > window_s and window_s < longform.WHISPER_WINDOW_S:
+            spans = [longform.pause_bounds(a, int(window_s * sampling_rate), sampling_rate) for a in audios]
+            pieces = [a[s:e] for a, bounds in zip(audios, spans) for s, e in bounds]
+            ids = self._generate(pieces, language, sampling_rate, context, long_form=False)
+            texts, at = [], 0
+            for bounds in spans:
+                texts.append(longform.join([self._text(t) for t in ids[at: at + len(bounds)]]))
+                at += len(bounds)
+            return texts
+        return [self._text(t) for t in self._generate(audios, language, sampling_rate, context,
+                                                      long_form=longest > window_s)]
+
+    def _text(self, ids: list[int]) -> str:
+        return self.processor.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _generate(self, audios: list, language: str, sampling_rate: int, context: str | None,
+                  long_form: bool) -> list[list[int]]:
+        """-> per audio, its generated text tokens (specials and timestamps dropped)."""
+        import torch
+
+        kwargs: dict[str, Any] = {"num_beams": 1, "do_sample": False}
         if context:  # <|startofprev|> + the text before <|startoftranscript|>; not part of the output
             kwargs["prompt_ids"] = self.processor.get_prompt_ids(context.strip(), return_tensors="pt").to(self.device)
-        if longest > window_s:
-            # Past the model's window: sequential long-form decoding (timestamps drive the
+        if long_form:
+            # Past the 30-s window: Whisper's sequential long-form decoding (timestamps drive the
             # window shifts) instead of silently truncating the audio.
             feats = self.processor.feature_extractor(
                 audios, sampling_rate=sampling_rate, return_tensors="pt", truncation=False,
@@ -207,7 +227,8 @@ class SpeechToText:
             features = features.to(next(self.model.parameters()).dtype)
         with torch.inference_mode():
             out = self.model.generate(features, **kwargs)
-        return self.processor.tokenizer.batch_decode(out, skip_special_tokens=True)
+        eot = self.processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")  # specials follow it
+        return [[int(t) for t in row if 0 <= int(t) < eot] for row in out]
 
 
 def _config(path: str) -> dict:

@@ -6,8 +6,10 @@ Whisper runs through `ctranslate2.models.Whisper.generate` directly rather than 
 cannot take, and it adds VAD, temperature fallback and its own feature code that the PyTorch
 adapter does not have. Here the features come from the same HF feature extractor as the PyTorch
 adapter (saved in the export), decoding is greedy with the model's suppress lists, and audio
-longer than the model's window slides the window with Whisper's timestamp rule (openai-whisper's
-`transcribe`: cut after the last complete segment), so one code path serves 30-s and cut windows.
+longer than a 30-s model's window slides the window with Whisper's timestamp rule (openai-whisper's
+`transcribe`: cut after the last complete segment); a cut-window student, which never learned
+timestamps for its window, decodes pieces cut at pauses instead (distill.evaluation.longform), the
+same rule as the PyTorch adapter.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
+from distill.evaluation import longform
 
 SAMPLE_RATE = 16000
 MAX_TARGET_POSITIONS = 448  # Whisper's decoder positions: prompt + generated tokens fit in this
@@ -123,22 +126,36 @@ class CT2Whisper:
         if long_audio == "error" and longest > self.max_audio_seconds:
             raise DistillError(f"audio of {longest:.1f} s exceeds this Whisper's {self.max_audio_seconds:g} s "
                                "window and long_audio is 'error'", "set long_audio: chunk or cut the audio")
-        out: list[str | None] = [None] * len(audios)
+        if self.max_audio_seconds < longform.WHISPER_WINDOW_S:  # a cut window: pieces cut at pauses
+            spans = [longform.pause_bounds(a, self.window_samples) for a in audios]
+            ids = self._short([a[s:e] for a, bounds in zip(audios, spans) for s, e in bounds], language, context)
+            out, at = [], 0
+            for bounds in spans:
+                out.append(longform.join([self._decode(t) for t in ids[at: at + len(bounds)]]))
+                at += len(bounds)
+            return out
+        texts: list[str | None] = [None] * len(audios)
         short = [i for i, a in enumerate(audios) if len(a) <= self.window_samples]
         if short:
-            prompt = self.prompt(language, context, timestamps=False)
-            results = self.model.generate(self._features([audios[i] for i in short]), [prompt] * len(short),
-                                          beam_size=1, max_length=_max_length(len(prompt), self.max_new_tokens))
-            for i, r in zip(short, results):
-                out[i] = self._decode(r.sequences_ids[0])
+            for i, ids in zip(short, self._short([audios[i] for i in short], language, context)):
+                texts[i] = self._decode(ids)
         for i, audio in enumerate(audios):
-            if out[i] is None:
-                out[i] = self._long_form(audio, language, context)
-        return out  # type: ignore[return-value]
+            if texts[i] is None:
+                texts[i] = self._long_form(audio, language, context)
+        return texts  # type: ignore[return-value]
+
+    def _short(self, audios: list, language: str, context: str | None) -> list[list[int]]:
+        """Audio within the window, batched, no timestamps -> per audio its text tokens."""
+        prompt = self.prompt(language, context, timestamps=False)
+        results = self.model.generate(self._features(audios), [prompt] * len(audios), beam_size=1,
+                                      max_length=_max_length(len(prompt), self.max_new_tokens))
+        eot = self._ids["<|endoftext|>"]
+        return [[t for t in r.sequences_ids[0] if t < eot] for r in results]
 
     def _long_form(self, audio, language: str, context: str | None) -> str:
-        """Slide the window over audio longer than it: after each window, continue from the end
-        timestamp of its last complete segment (the whole window when it ends cleanly)."""
+        """Slide a 30-s window over audio longer than it (Whisper's rule, as faster-whisper): after
+        each window, continue from the end timestamp of its last complete segment (the whole
+        window when it ends cleanly)."""
         prompt = self.prompt(language, context, timestamps=True)
         max_length = _max_length(len(prompt), MAX_TARGET_POSITIONS // 2)
         ts_begin, samples_per_ts = self._ids["ts_begin"], int(SECONDS_PER_TIMESTAMP * SAMPLE_RATE)
