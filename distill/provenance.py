@@ -15,7 +15,11 @@ PACKAGES = ("distill", "torch", "transformers", "accelerate", "peft", "bitsandby
 
 
 def git_state(cwd: Path | None = None) -> dict:
-    """{'sha': ..., 'dirty': bool} of the source checkout, or nulls outside git."""
+    """{'sha': ..., 'dirty': bool} of the source checkout, or nulls outside git.
+
+    Dirty: a tracked file changed, or an untracked file outside results/. New records and samples
+    under results/ are this tool's outputs, not changes to what produced them: without the
+    exception every evaluation after the first in a series would call the tree dirty."""
     cwd = cwd or Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -23,7 +27,9 @@ def git_state(cwd: Path | None = None) -> dict:
                               timeout=10, check=True).stdout.strip()
 
     try:
-        return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        changes = git("status", "--porcelain", "--untracked-files=all").splitlines()
+        dirty = any(not (line.startswith("?? ") and line[3:].startswith("results/")) for line in changes)
+        return {"sha": git("rev-parse", "HEAD"), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
 

@@ -123,3 +123,27 @@ def test_pipeline_evaluates_teacher_and_student(tmp_path):
         assert samples.is_file() and samples.read_text().strip()
     assert student["recovery"], "the student record compares itself with the teacher"
     assert (result.run_dir / "results" / "README.md").is_file()
+
+
+def test_git_state_is_dirty_for_source_changes_not_for_new_records(tmp_path):
+    import subprocess
+
+    from distill.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "mod.py").write_text("x = 1\n")
+    git("add", "mod.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "samples").mkdir(parents=True)
+    (tmp_path / "results" / "a.json").write_text("{}")
+    (tmp_path / "results" / "samples" / "a.jsonl").write_text("")
+    assert git_state(tmp_path)["dirty"] is False  # a new record is an output
+    (tmp_path / "new.py").write_text("")
+    assert git_state(tmp_path)["dirty"] is True  # a new source file is not
+    (tmp_path / "new.py").unlink()
+    (tmp_path / "mod.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True
