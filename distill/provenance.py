@@ -12,14 +12,15 @@ from pathlib import Path
 
 PACKAGES = ("distill", "torch", "transformers", "accelerate", "peft", "bitsandbytes", "optimum",
             "optimum-onnx", "onnxruntime", "datasets", "jiwer", "numpy", "pydantic")
+OUTPUT_DIRS = ("results/", "bench/results/")  # written by evaluations and benches
 
 
 def git_state(cwd: Path | None = None) -> dict:
     """{'sha': ..., 'dirty': bool} of the source checkout, or nulls outside git.
 
-    Dirty: a tracked file changed, or an untracked file outside results/. New records and samples
-    under results/ are this tool's outputs, not changes to what produced them: without the
-    exception every evaluation after the first in a series would call the tree dirty."""
+    Dirty: a file changed or added outside the output directories (results/, bench/results/).
+    Records, samples and bench outputs are what this tool writes, not changes to what produced
+    them: counted, every evaluation after the first in a series would call the tree dirty."""
     cwd = cwd or Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -28,7 +29,7 @@ def git_state(cwd: Path | None = None) -> dict:
 
     try:
         changes = git("status", "--porcelain", "--untracked-files=all").splitlines()
-        dirty = any(not (line.startswith("?? ") and line[3:].startswith("results/")) for line in changes)
+        dirty = any(not line[3:].startswith(OUTPUT_DIRS) for line in changes)
         return {"sha": git("rev-parse", "HEAD"), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}

@@ -142,6 +142,12 @@ def test_git_state_is_dirty_for_source_changes_not_for_new_records(tmp_path):
     (tmp_path / "results" / "a.json").write_text("{}")
     (tmp_path / "results" / "samples" / "a.jsonl").write_text("")
     assert git_state(tmp_path)["dirty"] is False  # a new record is an output
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "speed.json").write_text("{}")
+    assert git_state(tmp_path)["dirty"] is False  # so is a bench's output
+    (tmp_path / "bench" / "speed.py").write_text("")
+    assert git_state(tmp_path)["dirty"] is True  # the bench script is not
+    (tmp_path / "bench" / "speed.py").unlink()
     (tmp_path / "new.py").write_text("")
     assert git_state(tmp_path)["dirty"] is True  # a new source file is not
     (tmp_path / "new.py").unlink()
