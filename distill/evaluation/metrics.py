@@ -135,8 +135,9 @@ def _units(text: str) -> list[str]:
     return text.split()
 
 
-def longest_repeat(units: list[str], max_ngram: int = 8) -> int:
-    """Most back-to-back copies of any n-gram (n <= max_ngram) in `units`; 1 = nothing repeats."""
+def longest_repeat(units: list[str], max_ngram: int = 16) -> int:
+    """Most back-to-back copies of any n-gram (n <= max_ngram) in `units`; 1 = nothing repeats.
+    16 words: a Whisper loop often repeats a whole prompt sentence, not a word."""
     best = 1
     size = len(units)
     for n in range(1, max_ngram + 1):

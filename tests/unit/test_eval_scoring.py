@@ -31,6 +31,9 @@ def test_repetition_loop_flags_decoding_loops_not_ordinary_text():
     assert not metrics.repetition_loop("no no no no", "no no no no", "english")  # the speaker said it
     assert not metrics.repetition_loop("the cat sat on the mat", "the cat sat on the mat", "english")
     assert metrics.longest_repeat(list("abababx")) == 3
+    # a whole 9-word prompt repeated (a cut-window Whisper on a 6-s clip)
+    prompt = "Press pound to enter a new dictation file name."
+    assert metrics.repetition_loop(" ".join([prompt] * 4), prompt, "english")
 
 
 def test_asr_task_scores_count_loops_and_score_without_them_by_hand():
