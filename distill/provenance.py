@@ -25,12 +25,13 @@ def git_state(cwd: Path | None = None) -> dict:
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+                              timeout=10, check=True).stdout
 
     try:
-        changes = git("status", "--porcelain", "--untracked-files=all").splitlines()
+        # Porcelain lines are "XY path": X may be a space, so the output is never stripped.
+        changes = [line for line in git("status", "--porcelain", "--untracked-files=all").splitlines() if line]
         dirty = any(not line[3:].startswith(OUTPUT_DIRS) for line in changes)
-        return {"sha": git("rev-parse", "HEAD"), "dirty": dirty}
+        return {"sha": git("rev-parse", "HEAD").strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
 

@@ -135,8 +135,12 @@ def test_git_state_is_dirty_for_source_changes_not_for_new_records(tmp_path):
 
     git("init", "-q")
     (tmp_path / "mod.py").write_text("x = 1\n")
-    git("add", "mod.py")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "README.md").write_text("old\n")
+    git("add", "mod.py", "results/README.md")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "README.md").write_text("regenerated\n")  # " M results/README.md": first line
     assert git_state(tmp_path)["dirty"] is False
     (tmp_path / "results" / "samples").mkdir(parents=True)
     (tmp_path / "results" / "a.json").write_text("{}")
