@@ -182,14 +182,10 @@ class SpeechToText:
             raise DistillError(f"audio of {longest:.1f} s exceeds this Whisper's {window_s:g} s window and "
                                "long_audio is 'error'", "set long_audio: chunk or cut the audio")
         if longest > window_s and window_s < longform.WHISPER_WINDOW_S:
-            spans = [longform.pause_bounds(a, int(window_s * sampling_rate), sampling_rate) for a in audios]
-            pieces = [a[s:e] for a, bounds in zip(audios, spans) for s, e in bounds]
-            ids = self._generate(pieces, language, sampling_rate, context, long_form=False)
-            texts, at = [], 0
-            for bounds in spans:
-                texts.append(longform.join([self._text(t) for t in ids[at: at + len(bounds)]]))
-                at += len(bounds)
-            return texts
+            return longform.transcribe_in_pieces(
+                audios, int(window_s * sampling_rate), lambda pieces: [
+                    self._text(t) for t in self._generate(pieces, language, sampling_rate, context, long_form=False)],
+                sampling_rate)
         return [self._text(t) for t in self._generate(audios, language, sampling_rate, context,
                                                       long_form=longest > window_s)]
 

@@ -127,13 +127,9 @@ class CT2Whisper:
             raise DistillError(f"audio of {longest:.1f} s exceeds this Whisper's {self.max_audio_seconds:g} s "
                                "window and long_audio is 'error'", "set long_audio: chunk or cut the audio")
         if self.max_audio_seconds < longform.WHISPER_WINDOW_S:  # a cut window: pieces cut at pauses
-            spans = [longform.pause_bounds(a, self.window_samples) for a in audios]
-            ids = self._short([a[s:e] for a, bounds in zip(audios, spans) for s, e in bounds], language, context)
-            out, at = [], 0
-            for bounds in spans:
-                out.append(longform.join([self._decode(t) for t in ids[at: at + len(bounds)]]))
-                at += len(bounds)
-            return out
+            return longform.transcribe_in_pieces(
+                audios, self.window_samples,
+                lambda pieces: [self._decode(t) for t in self._short(pieces, language, context)])
         texts: list[str | None] = [None] * len(audios)
         short = [i for i, a in enumerate(audios) if len(a) <= self.window_samples]
         if short:

@@ -11,6 +11,8 @@ joined. Pure functions, shared by the PyTorch and CTranslate2 adapters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 WHISPER_WINDOW_S = 30  # Whisper's native window; a model with it keeps Whisper's own long-form rule
@@ -42,3 +44,12 @@ def pause_bounds(audio: np.ndarray, window: int, sampling_rate: int = 16000) -> 
 
 def join(texts: list[str]) -> str:
     return " ".join(t.strip() for t in texts if t.strip())
+
+
+def transcribe_in_pieces(audios: list, window: int, decode: Callable[[list], list[str]],
+                         sampling_rate: int = 16000) -> list[str]:
+    """Each audio cut at pauses into pieces of at most `window` samples; every piece of every
+    audio decoded in one `decode(pieces) -> texts` call; each audio's texts joined."""
+    spans = [pause_bounds(a, window, sampling_rate) for a in audios]
+    texts = iter(decode([a[s:e] for a, bounds in zip(audios, spans) for s, e in bounds]))
+    return [join([next(texts) for _ in bounds]) for bounds in spans]
