@@ -31,9 +31,14 @@ INT4_ACCURACY_LEVEL = 4
 MERGED = "decoder_model_merged.onnx"
 
 
-def model_type(path) -> str | None:
+def model_config(path) -> dict:
+    """The HF config.json of a model directory as a dict ({} when there is none)."""
     cfg = Path(path) / "config.json"
-    return json.loads(cfg.read_text()).get("model_type") if cfg.is_file() else None
+    return json.loads(cfg.read_text()) if cfg.is_file() else {}
+
+
+def model_type(path) -> str | None:
+    return model_config(path).get("model_type")
 
 
 def isa() -> str:

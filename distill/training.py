@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 StepFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 KEEP_CHECKPOINTS = 2
+SEEN = {"tok": "tokens", "utt": "utterances"}  # train(unit=...) -> the logged count of what was seen
 
 
 def lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
@@ -232,11 +233,14 @@ def train(
     ctx: RunContext,
     eval_fn: Callable[[], dict[str, float]] | None = None,
     with_rows: bool = False,
+    unit: str = "tok",
 ) -> dict[str, float]:
     """Optimise the parameters of `modules` (e.g. {"student": model, "proj": projections}).
 
     step_fn(batch [B, S] token ids) -> (loss to minimise, metrics to log); with `with_rows` it is
     called as step_fn(batch, rows) with the block indices (e.g. to look up a teacher cache).
+    unit names what one element of `blocks` is, for the logged rate (`<unit>_per_s`) and the
+    progress bar: "tok" for token blocks, "utt" where each row is one utterance's index (speech).
     Returns final metrics.
     On a non-finite loss it stops with a DistillError naming the step and the last good
     checkpoint (which it never overwrites).
@@ -343,8 +347,8 @@ def train(
                 vals = acc.reduce(torch.tensor([metrics_sum[k] for k in keys], device=acc.device), "mean")
                 metrics_sum = dict(zip(keys, vals.tolist()))
             elapsed = time.perf_counter() - window_t
-            metrics_sum.update(lr=scheduler.get_last_lr()[0], tokens=tokens_seen,
-                               tok_per_s=window_tok / max(elapsed, 1e-9))
+            metrics_sum.update({"lr": scheduler.get_last_lr()[0], SEEN[unit]: tokens_seen,
+                                f"{unit}_per_s": window_tok / max(elapsed, 1e-9)})
             window_t, window_tok = time.perf_counter(), 0
             if eval_fn is not None and spec.eval_every and done % spec.eval_every == 0:
                 stepper.eval()
@@ -355,8 +359,8 @@ def train(
                 if writer is not None:
                     for k, v in metrics_sum.items():
                         writer.add_scalar(f"{ctx.stage_name}/{k}", v, done)
-            bar.set_postfix(loss=f"{metrics_sum.get('loss', float('nan')):.4f}",
-                            tok_s=f"{metrics_sum['tok_per_s']:.0f}")
+            bar.set_postfix({"loss": f"{metrics_sum.get('loss', float('nan')):.4f}",
+                             f"{unit}/s": f"{metrics_sum[f'{unit}_per_s']:.3g}"})
             final = metrics_sum
         if done % spec.checkpoint_every == 0 and done < spec.steps:
             checkpoint(done)

@@ -159,7 +159,7 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
 
     # Rows of this "block" table are utterance indices: the loop's deterministic order applies.
     index = Blocks(torch.arange(len(kept))[:, None], ctx.seed)
-    final = train({"student": student}, step, index, spec.train, ctx)
+    final = train({"student": student}, step, index, spec.train, ctx, unit="utt")
     student.eval()
     return {"utterances": len(utts), "kept_after_wer_filter": len(kept), "skipped": counts,
             "speech_cache": {"dir": str(root), **summary, "window": window}, "final_metrics": final}

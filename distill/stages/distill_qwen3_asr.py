@@ -215,7 +215,7 @@ def run(spec: Qwen3AsrDistillStage, ctx: RunContext) -> Artifact:
 
     t0 = time.perf_counter()
     index = Blocks(torch.arange(len(examples))[:, None], ctx.seed)  # rows = example indices
-    final = train(modules, step, index, spec.train, ctx)
+    final = train(modules, step, index, spec.train, ctx, unit="utt")
     train_s = round(time.perf_counter() - t0, 2)
 
     out = artifacts.prepare_dir(ctx.artifact_dir())

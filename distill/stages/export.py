@@ -47,13 +47,24 @@ def check_exportable(source: Artifact) -> str:
     return OPTIMUM_TASK[source.kind]
 
 
+def trace_shapes(path: Path) -> dict:
+    """Dummy-input shapes optimum traces with, where its defaults do not fit the model: a Whisper
+    whose window was cut (`max_source_positions` < 1500) refuses optimum's 3000-frame features, so
+    it is traced with its own window's frames (the graph's frame axis stays dynamic either way)."""
+    config = onnx_quant.model_config(path)
+    if config.get("model_type") == "whisper":
+        return {"nb_max_frames": 2 * int(config.get("max_source_positions", 1500))}
+    return {}
+
+
 def export_onnx(spec: ExportStage, source: Artifact, out: Path, task: str, calibration) -> dict:
     """Export + quantize + optimise into `out`; returns the manifest's `extra` entries."""
     from optimum.exporters.onnx import main_export
 
     logger.info("exporting %s to ONNX (%s)", source.artifact_id, task)
     # Post-processing on (the default): merged decoder, tied weights deduplicated.
-    main_export(str(source.path), out, task=task, do_validation=False, library_name="transformers")
+    main_export(str(source.path), out, task=task, do_validation=False, library_name="transformers",
+                **trace_shapes(Path(source.path)))
     if (out / "decoder_model_merged.onnx").is_file():
         for name in MERGED_AWAY:
             (out / name).unlink(missing_ok=True)

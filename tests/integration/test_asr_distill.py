@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from distill import artifacts, runner
@@ -35,6 +37,11 @@ def test_tiny_asr_twin_produces_a_working_student(tmp_path):
     assert art.kind == "hf-whisper" and art.lineage == ["asset/whisper-tiny.en"]
     assert len(art.extra["decoder_layer_map"]) == 1
     assert 0 < art.extra["kept_after_wer_filter"] <= art.extra["utterances"]
+    # a speech step's rows are utterances: the log counts those, not tokens (3 steps x batch 4)
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if r.get("stage") == "distill" and "utt_per_s" in r]
+    assert [r["utterances"] for r in trained] == [4, 8, 12]
+    assert not any("tok_per_s" in r or "tokens" in r for r in rows)
 
     model = WhisperForConditionalGeneration.from_pretrained(art.path).eval()
     processor = WhisperProcessor.from_pretrained(art.path)
