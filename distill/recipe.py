@@ -647,7 +647,8 @@ class EvalSpec(Spec):
     include_teacher: bool = Field(
         True, description="also evaluate the first stage's teacher (or input model)"
     )
-    limit: int | None = Field(None, gt=0, description="items per task (None = all)")
+    limit: int | None = Field(None, gt=0, description="items per task, at most (None = all); a suite "
+                              "whose tasks are all smaller runs on all of their items")
     results_dir: str | None = Field(
         None, description="where records go (default: <run dir>/results)"
     )

@@ -362,7 +362,7 @@ def evaluate_run(ctx: RunContext) -> list[Path]:
     for name, path in ordered:
         for suite in [spec.suite, *spec.more_suites]:
             logger.info("evaluating %s on suite %s", name, suite)
-            record = evaluate(path, suite, limit=spec.limit, results_dir=results_dir,
+            record = evaluate(path, suite, limit=spec.limit, results_dir=results_dir, limit_is_cap=True,
                               baseline=str(baseline_record) if baseline_record and name != spec.baseline
                               else None)
         if name == spec.baseline:

@@ -82,6 +82,18 @@ def test_bad_inputs_are_clear_errors(tmp_path, byte_model):
         evaluate(str(tmp_path / "empty"), "smoke", results_dir=tmp_path)
     with pytest.raises(DistillError, match="exceeds the size of every task"):
         evaluate(str(byte_model), "smoke", limit=5, results_dir=tmp_path)
+
+
+def test_a_recipes_limit_caps_a_smaller_suite_and_the_record_says_all_items(tmp_path, byte_model):
+    # a recipe's eval.limit serves every suite it names: one whose tasks are all smaller runs on
+    # all their items, and its record's command (no --limit) reproduces exactly that
+    record = json.loads(evaluate(str(byte_model), "smoke", limit=5, results_dir=tmp_path,
+                                 limit_is_cap=True).read_text())
+    suite = record["suites"]["smoke"]
+    assert suite["limit"] is None and "--limit" not in suite["command"]
+    whole = json.loads(evaluate(str(byte_model), "smoke", results_dir=tmp_path / "all").read_text())
+    assert [(m["task"], m["metric"], m["n"], m["value"]) for m in record["metrics"]] == \
+        [(m["task"], m["metric"], m["n"], m["value"]) for m in whole["metrics"]]
     with pytest.raises(DistillError, match="no result record for baseline"):
         evaluate(str(byte_model), "smoke", baseline="asset/nothing", results_dir=tmp_path)
 
