@@ -124,7 +124,12 @@ def load_causal_lm(ref: ModelRef, ctx: RunContext | None = None, seed: int = 0):
 
 
 def count_params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters as the model defines them. A bitsandbytes 4-bit weight packs two values per byte,
+    so its tensor holds half as many elements; its quant_state keeps the real shape."""
+    import math
+
+    return sum(math.prod(p.quant_state.shape) if getattr(p, "quant_state", None) is not None else p.numel()
+               for p in model.parameters())
 
 
 def save_pretrained(model, tokenizer, out_dir: Path) -> None:

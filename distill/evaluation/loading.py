@@ -98,7 +98,10 @@ def resolve_model(model: str) -> ModelRef:
 
 
 def count_params(model) -> int | None:
+    """distill.models.count_params, or None for a runtime that exposes no parameters (ORT, CT2)."""
+    from distill import models
+
     try:
-        return sum(p.numel() for p in model.parameters())
+        return models.count_params(model)
     except (AttributeError, TypeError):
         return None

@@ -31,6 +31,12 @@ def test_every_stage_has_a_complete_artifact_with_lineage(run):
         assert art.lineage[1:] == student.lineage
 
 
+def test_quantized_artifacts_keep_the_parameter_count(run):
+    # NF4 packs two weights per byte: its tensors hold half the elements, the model has as many
+    params = run.artifacts["distill"].params
+    assert [run.artifacts[n].params for n in ("int8", "nf4", "onnx-int8")] == [params] * 3
+
+
 def test_quantized_artifacts_are_smaller(run):
     fp32 = run.artifacts["distill"].size_bytes
     assert run.artifacts["nf4"].size_bytes < 0.6 * fp32
