@@ -105,3 +105,21 @@ def test_asset_check_readme_counts_match_their_records():
             assert int(found[1]) == rec["n_texts"]
             checked += 1
     assert checked >= 3
+
+
+MATRICES = [f for f in GENERATED if "\n## Format matrix\n" in (f / "README.md").read_text()]
+
+
+@pytest.mark.parametrize("folder", MATRICES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_format_matrix_equals_a_regeneration_from_the_records(folder: Path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import edge_matrix
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    text = (folder / "README.md").read_text()
+    section = text[text.index(edge_matrix.TITLE):].rstrip()
+    assert section == "\n".join(edge_matrix.matrix(folder.relative_to(ROOT))).rstrip(), \
+        f"run `python bench/edge_matrix.py {folder.relative_to(ROOT)}` and commit the result"
