@@ -265,7 +265,7 @@ def run(spec: LoraStage, ctx: RunContext) -> Artifact:
     from distill.training import train
 
     peft_model.train()
-    final = train({"lora": weights}, step, blocks, spec.train, ctx)
+    final = train({"lora": weights}, step, blocks, spec.train, ctx, unit="utt" if kind == "hf-whisper" else "tok")
     peft_model.eval()
     extra.update(final_metrics=final, train_seconds=round(time.perf_counter() - t0, 2),
                  peak_memory=throughput.peak_memory(ctx.device, window)[0])

@@ -3,6 +3,8 @@ PEFT adapter on the base equals the merged weights, and noisy copies are in the 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -26,6 +28,8 @@ def test_whisper_lora_adapter_on_base_equals_merged(tmp_path):
     assert artifacts.load(adapter_dir).kind == "peft-adapter"
     facts = merged_art.extra["speech"]
     assert facts["training_items"] == 8 and sum(facts["noisy_copies"].values()) == 4
+    rows = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["utterances"] for r in rows if "utt_per_s" in r] == [4]  # 2 steps x 2: rows are utterances, not tokens
     feats = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(0))
     dec = torch.tensor([[50257, 50362, 383, 3290]])
     base = WhisperForConditionalGeneration.from_pretrained(asset_path("whisper-tiny.en"))
