@@ -43,9 +43,12 @@ def metric(record: dict, task: str, name: str) -> float | None:
 
 
 def speed(record: dict, kind: str, batch: int | None = None) -> dict | None:
-    """The record's throughput entry of `kind` (at `batch`, when given)."""
-    return next((t for t in record.get("throughput", []) if t["kind"] == kind
-                 and (batch is None or t["conditions"].get("batch_size") == batch)), None)
+    """The record's throughput entry of `kind` (at `batch`, when given); of several suites that
+    measured it, the one run last."""
+    found = [t for t in record.get("throughput", []) if t["kind"] == kind
+             and (batch is None or t["conditions"].get("batch_size") == batch)]
+    created = {name: s.get("created", "") for name, s in (record.get("suites") or {}).items()}
+    return max(found, key=lambda t: created.get(t.get("suite"), ""), default=None)
 
 
 def peak_rss(record: dict) -> float | None:
