@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from distill.gate import PERCENT_METRICS
+
 REAL = ("asterisk-en", "librivox-5", "cards-5")
 SYNTHETIC = ("tts-en-clean", "tts-en-noisy")
 TITLE = "## Format matrix"
@@ -68,7 +70,7 @@ def gate_cell(record: dict) -> str:
     g = record.get("gate")
     if not g:
         return "-"
-    scale = 100 if g["metric"] in ("wer", "cer", "acc") else 1
+    scale = 100 if g["metric"] in PERCENT_METRICS else 1
     unit = " pts" if g["unit"] == "abs" and scale == 100 else (" %" if g["unit"] == "rel" else "")
     return (f"{g['source']['value'] * scale:.2f} -> {g['result']['value'] * scale:.2f} "
             f"({g['drift']:+.2f}{unit}, tol {g['tolerance']:g}) **{g['status']}**")

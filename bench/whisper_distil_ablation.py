@@ -15,8 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-REAL = ("asterisk-en", "librivox-5", "cards-5")
-TASKS = REAL + ("tts-en-clean", "tts-en-noisy")
+from edge_matrix import REAL, SYNTHETIC, pooled_wer  # one pooling for both tables: errors / words summed
+
+TASKS = REAL + SYNTHETIC
 SPEED = Path(__file__).parent / "results" / "asr_student_speed.json"
 
 
@@ -72,12 +73,12 @@ def table(results_dir: Path, runs_dir: Path) -> list[str]:
     lines = ["| model | dec / enc layers / window | training | params | " + " | ".join(f"{t} WER" for t in TASKS)
              + " | **real pooled WER** (Δ teacher) | RTFx b8 (suite) | speed-up b1 / b8 (bench) |",
              "|" + "---|" * (len(TASKS) + 7)]
-    t_pool = _pool(wer_counts(teacher)) if teacher else None
+    t_pool = _pool(teacher) if teacher else None
     for r in sorted(records, key=lambda r: (r["artifact_id"] != "asset/whisper-base", r["artifact_id"])):
         counts = wer_counts(r)
         cut, how = levers(r, manifests)
         name = r["artifact_id"].rsplit("/", 1)[-1]
-        pool = _pool(counts)
+        pool = _pool(r)
         delta = f" ({100 * (pool - t_pool):+.1f})" if pool is not None and t_pool is not None and r is not teacher else ""
         rtfx = _rtfx(r)
         rel = f" ({rtfx / t_rtfx:.2f}x)" if rtfx and t_rtfx and r is not teacher else ""
@@ -90,9 +91,9 @@ def table(results_dir: Path, runs_dir: Path) -> list[str]:
     return lines
 
 
-def _pool(counts: dict[str, tuple[int, int]]) -> float | None:
-    got = [counts[t] for t in REAL if t in counts]
-    return sum(e for e, _ in got) / sum(n for _, n in got) if got else None
+def _pool(record: dict) -> float | None:
+    pooled = pooled_wer(record, REAL)
+    return pooled[0] if pooled else None
 
 
 def _pct(x: float | None) -> str:
