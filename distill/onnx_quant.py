@@ -9,9 +9,13 @@
 - INT4: weight-only MatMulNBits, block-wise (RTN, HQQ, or GPTQ with calibration on single-graph
   LMs); the embedding table becomes GatherBlockQuantized (RTN, whatever the MatMul method). `accuracy_level` 4 = the kernel
   quantizes activations to INT8 per block (ORT's fast CPU path).
-A tied output head (Whisper: MatMul(x, Transpose(embedding))) is untied for INT4 so the head weight
-is an initializer MatMulNBits can reach (otherwise it stays fp32 and INT4 is barely smaller). INT8
-keeps it tied: the table is stored once in INT8 and the head matmul runs on its dequantized copy.
+A tied output head (Whisper, SmolLM2: MatMul(x, Transpose(embedding))) is untied for INT4 so the head
+weight is an initializer MatMulNBits can reach (otherwise it stays fp32 and INT4 is barely smaller).
+INT8 keeps one copy: the table becomes 8-bit blocks read by both the head (MatMulNBits) and the
+lookup (GatherBlockQuantized). The quantizer's own INT8 path dequantized the whole table at every
+decoding step (Whisper-base: 26.5M values per token, the largest single cost at batch 1).
+Convolutions stay fp32 under INT8 dynamic: ORT's ConvInteger ran Whisper's two input convolutions
+about 3x slower than its fp32 Conv on this CPU (0.9M weights; 2.7 MB more on disk).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from distill.errors import DistillError
 logger = logging.getLogger(__name__)
 
 INT4_ACCURACY_LEVEL = 4
+TIED_HEAD_BLOCK = 64  # weights per scale of the shared 8-bit table (divides 384, 512, 576, 768, 1280)
+INT8_DYNAMIC_OPS = ("MatMul", "Gather")  # not Conv: see the module docstring
 MERGED = "decoder_model_merged.onnx"
 
 
@@ -199,6 +205,85 @@ def untie_head(model) -> list[str]:
     return made
 
 
+def tied_tables(model, block: int = TIED_HEAD_BLOCK) -> dict[str, dict[str, list[str]]]:
+    """Embedding tables that are also the output head: initializer -> the names of the Gather nodes
+    that look rows up and of the MatMul(x, Transpose(table)) nodes that compute logits. Only tables
+    `share_tied_head` can take: 2-D, width a multiple of `block`, every user node named (nodes are
+    matched by name across the quantizer, which keeps the names of the nodes it skips)."""
+    inits = {i.name for i in model.graph.initializer
+             if len(i.dims) == 2 and i.dims[1] % block == 0}
+    transposed = {n.output[0]: n.input[0] for g in _walk(model.graph) for n in g.node
+                  if n.op_type == "Transpose" and n.input and n.input[0] in inits}
+    found: dict[str, dict[str, list[str]]] = {}
+    for graph in _walk(model.graph):
+        for node in graph.node:
+            if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in transposed:
+                found.setdefault(transposed[node.input[1]], {"gather": [], "head": []})["head"].append(node.name)
+    for graph in _walk(model.graph):
+        for node in graph.node:
+            if node.op_type == "Gather" and node.input and node.input[0] in found:
+                found[node.input[0]]["gather"].append(node.name)
+    return {name: uses for name, uses in found.items()
+            if uses["gather"] and all(uses["gather"]) and all(uses["head"])}
+
+
+def quantize_rows_8bit(table: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 8-bit blocks along each row of `table` [V, H]: (uint8 [V, H/block, block] with
+    zero point 128, fp32 scales [V, H/block]), the layout MatMulNBits reads as its B input."""
+    rows, cols = table.shape
+    blocks = table.reshape(rows, cols // block, block).astype(np.float32)
+    scales = np.abs(blocks).max(axis=-1) / 127.0
+    scales[scales == 0] = 1.0
+    q = np.clip(np.rint(blocks / scales[..., None]), -127, 127) + 128
+    return q.astype(np.uint8), scales.astype(np.float32)
+
+
+def share_tied_head(model, block: int = TIED_HEAD_BLOCK) -> dict:
+    """Store each tied table once as 8-bit blocks: the head MatMul becomes MatMulNBits (accuracy
+    level 4: INT8 activations per block, the fast CPU path) and the lookup GatherBlockQuantized,
+    both reading the same bytes (the Gather through a Reshape that ORT folds at load). Returns
+    what was shared, per table (see `tied_tables` for which qualify)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    shared = {}
+    for name, uses in tied_tables(model, block).items():
+        table = numpy_helper.to_array(inits[name])
+        rows, cols = table.shape
+        q, scales = quantize_rows_8bit(table, block)
+        qname, sname, rname = f"{name}_Q8", f"{name}_Q8_scales", f"{name}_Q8_rows"
+        model.graph.initializer.extend([numpy_helper.from_array(q, qname),
+                                        numpy_helper.from_array(scales, sname),
+                                        numpy_helper.from_array(np.array([rows, cols], np.int64), f"{rname}_shape")])
+        model.graph.node.insert(0, helper.make_node("Reshape", [qname, f"{rname}_shape"], [rname],
+                                                    name=f"{name}_Q8_Reshape"))
+        dead = set()
+        for graph in _walk(model.graph):
+            for k, node in enumerate(graph.node):
+                if node.name in uses["head"] and node.op_type == "MatMul":
+                    dead.add(node.input[1])
+                    graph.node[k].CopyFrom(helper.make_node(
+                        "MatMulNBits", [node.input[0], qname, sname], list(node.output), name=node.name,
+                        domain="com.microsoft", K=cols, N=rows, bits=8, block_size=block,
+                        accuracy_level=INT4_ACCURACY_LEVEL))
+                elif node.name in uses["gather"] and node.op_type == "Gather" and node.input[0] == name:
+                    graph.node[k].CopyFrom(helper.make_node(
+                        "GatherBlockQuantized", [rname, node.input[1], sname], list(node.output),
+                        name=node.name, domain="com.microsoft", bits=8, block_size=block,
+                        gather_axis=0, quantize_axis=1))
+        for graph in _walk(model.graph):  # the Transpose(table) nodes now feed nothing
+            keep = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in dead)]
+            del graph.node[:]
+            graph.node.extend(keep)
+        if not any(name in n.input for g in _walk(model.graph) for n in g.node):
+            model.graph.initializer.remove(inits[name])
+        shared[name] = {"rows": rows, "cols": cols, "bits": 8, "block_size": block,
+                        "head": len(uses["head"]), "lookups": len(uses["gather"])}
+    if shared and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return shared
+
+
 def op_counts(model) -> dict[str, int]:
     counts: Counter = Counter()
     for graph in _walk(model.graph):
@@ -217,7 +302,8 @@ def _int8_dynamic(src: str, dst: str, per_channel: bool, chip: str, exclude: lis
 
     weight = QuantType.QUInt8 if chip == "avx2" else QuantType.QInt8
     quantize_dynamic(src, dst, per_channel=per_channel, reduce_range=False, weight_type=weight,
-                     nodes_to_exclude=exclude, extra_options={"EnableSubgraph": True})
+                     op_types_to_quantize=list(INT8_DYNAMIC_OPS), nodes_to_exclude=exclude,
+                     extra_options={"EnableSubgraph": True})
 
 
 def _int8_static(src: str, dst: str, per_channel: bool, feeds: list[dict], exclude: list[str]) -> None:
@@ -285,24 +371,31 @@ def quantize(out: Path, graphs: list[str], spec, calibration: dict | None) -> di
         untied = untie_head(model) if spec.quantize == "int4" else []
         exclude = kept_float(model, spec.keep_float)
         tmp = path.with_name(f".{name}.tmp")
-        how = spec.quantize
+        how, shared = spec.quantize, {}
         if spec.quantize == "int4":
             feeds = _feeds(path, calibration) if spec.int4_method == "gptq" else None
             onnx.save(_int4(model, spec, feeds, exclude), str(tmp))
         else:
-            onnx.save(model, str(tmp))  # untied fp32 input for the INT8 quantizers
+            # the tied table is left to share_tied_head, after the quantizer
+            tied = [n for uses in tied_tables(model).values() for n in uses["head"] + uses["gather"]]
+            onnx.save(model, str(tmp))
             if spec.quantize == "int8-static" and not _has_subgraphs(model):
-                _int8_static(str(tmp), str(path), spec.per_channel, _feeds(tmp, calibration), exclude)
+                _int8_static(str(tmp), str(path), spec.per_channel, _feeds(tmp, calibration), exclude + tied)
             else:
                 if spec.quantize == "int8-static":
                     how = "int8-dynamic (If subgraphs: static calibration cannot observe them)"
-                _int8_dynamic(str(tmp), str(path), spec.per_channel, chip, exclude)
+                _int8_dynamic(str(tmp), str(path), spec.per_channel, chip, exclude + tied)
+            if tied:
+                quantized = onnx.load(str(path))
+                shared = share_tied_head(quantized)
+                onnx.save(quantized, str(path))
         if tmp.exists() and spec.quantize == "int4":
             tmp.replace(path)
         tmp.unlink(missing_ok=True)
         for leftover in path.parent.glob(f"{name}_data"):
             leftover.unlink()
-        done["graphs"][name] = {"method": how, "untied": untied, "bytes": path.stat().st_size,
+        done["graphs"][name] = {"method": how, "untied": untied, "shared_head": shared,
+                                "bytes": path.stat().st_size,
                                 "kept_float": {"patterns": spec.keep_float, "nodes": len(exclude)}}
         logger.info("quantized %s: %s, %.1f MB", name, how, path.stat().st_size / 1e6)
     return done

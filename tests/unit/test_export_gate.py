@@ -191,6 +191,9 @@ def test_records_say_what_really_runs_and_its_real_size(run):
     assert arts["onnx-int4"].size_bytes < arts["onnx-int8"].size_bytes
     # the tied head was untied so the quantizers reached it (else it stays fp32 and INT4 barely shrinks)
     assert arts["onnx-int4"].extra["quantization"]["graphs"]["model.onnx"]["untied"]
+    # INT8 keeps the tied table once, as 8-bit blocks read by both the head and the lookup
+    int8 = arts["onnx-int8"].extra["quantization"]["graphs"]["model.onnx"]
+    assert not int8["untied"] and list(int8["shared_head"].values())[0]["bits"] == 8
     torch_int8 = arts["torch-int8"]
     assert not list(Path(torch_int8.path).glob("*.safetensors"))  # no fp32 parent on disk
     assert torch_int8.size_bytes < 0.8 * arts["distill"].size_bytes
