@@ -123,3 +123,17 @@ def test_format_matrix_equals_a_regeneration_from_the_records(folder: Path):
     section = text[text.index(edge_matrix.TITLE):].rstrip()
     assert section == "\n".join(edge_matrix.matrix(folder.relative_to(ROOT))).rstrip(), \
         f"run `python bench/edge_matrix.py {folder.relative_to(ROOT)}` and commit the result"
+
+
+def test_format_matrix_compares_speeds_only_on_the_same_cpu():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import edge_matrix
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    base = {"value": 10.0, "conditions": {"device_name": "cpu A"}}
+    assert edge_matrix.speed_ratio({"value": 25.0, "conditions": {"device_name": "cpu A"}}, base) == "2.50x"
+    assert edge_matrix.speed_ratio({"value": 25.0, "conditions": {"device_name": "cpu B"}}, base) == "other CPU"
+    assert edge_matrix.speed_ratio(None, base) == "-"
