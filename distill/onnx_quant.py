@@ -365,9 +365,9 @@ def quantize(out: Path, graphs: list[str], spec, calibration: dict | None) -> di
         if _has_subgraphs(model) and spec.int4_method == "gptq" and spec.quantize == "int4":
             raise DistillError(f"int4 gptq cannot quantize '{name}' (a merged decoder with If "
                                "subgraphs)", "use int4_method: rtn or hqq for Whisper")
-        # INT4: the head needs its own initializer to become MatMulNBits. INT8 keeps it tied: the
-        # quantizer stores the table once as INT8 and the head reads it dequantized (fp32 matmul),
-        # where an untied INT8 head would add a second vocab x hidden matrix to the file.
+        # INT4: the head needs its own initializer to become MatMulNBits. INT8 keeps one copy of a
+        # tied table (share_tied_head after the quantizer), where an untied INT8 head would add a
+        # second vocab x hidden matrix to the file.
         untied = untie_head(model) if spec.quantize == "int4" else []
         exclude = kept_float(model, spec.keep_float)
         tmp = path.with_name(f".{name}.tmp")
