@@ -118,21 +118,50 @@ def onnx_of(student_id: str | None) -> Path | None:
     return None
 
 
+def load_adapter(path):
+    """(the harness's adapter for `path`, its ModelRef): any artifact, asset:<id> or HF directory."""
+    from distill.evaluation.adapters import ADAPTERS
+    from distill.evaluation.loading import resolve_model
+
+    ref = resolve_model(str(path))
+    return ADAPTERS[ref.adapter](ref.source, "cpu", ref.manifest), ref
+
+
+def timed_pass(asr, items: list[dict], audio_s: float, desc: str) -> tuple[dict, list[str]]:
+    """One untimed warm-up clip, then every clip at batch 1: (RTFx and load averages, transcripts)."""
+    from tqdm import tqdm
+
+    asr.transcribe([items[0]["audio"]], language="en")
+    before, compute, texts = os.getloadavg(), 0.0, []
+    for it in tqdm(items, desc=desc, unit="clip", leave=False):
+        t0 = time.perf_counter()
+        texts.append(asr.transcribe([it["audio"]], language="en")[0])
+        compute += time.perf_counter() - t0
+    return {"compute_s": round(compute, 3), "rtfx": round(audio_s / compute, 3),
+            "load_avg_before": [round(x, 2) for x in before],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()]}, texts
+
+
+def write_outputs(name: str, result: dict, items: list[dict], texts: dict[str, list[str]], md: str) -> None:
+    """bench/results/<name>.json, <name>_samples.jsonl (every system's transcript per clip), <name>.md."""
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(OUT / f"{name}_samples.jsonl", "w") as f:
+        for i, it in enumerate(items):
+            f.write(json.dumps({"id": it["id"], "task": it["task"], "audio_s": round(it["seconds"], 3),
+                                "reference": it["reference"], **{n: t[i] for n, t in texts.items()}}) + "\n")
+    (OUT / f"{name}.md").write_text(md)
+    print(md)
+
+
 def load_systems(args) -> tuple[dict, dict]:
     import torch
 
     from distill.assets import asset_path
     from distill.assets.models import whisper_ct2_dir
     from distill.evaluation import ct2_models
-    from distill.evaluation.adapters import ADAPTERS
-    from distill.evaluation.loading import resolve_model
 
     torch.set_num_threads(args.threads)
-
-    def adapter(path):
-        ref = resolve_model(str(path))
-        return ADAPTERS[ref.adapter](ref.source, "cpu", ref.manifest), ref
-
     teacher_dir = asset_path("whisper-base")
     student = Path(args.student) if args.student else newest_student()
     info = {"teacher": TEACHER}
@@ -143,13 +172,13 @@ def load_systems(args) -> tuple[dict, dict]:
     else:
         info["student"] = f"artifact {student.relative_to(ROOT) if student.is_relative_to(ROOT) else student}"
     systems, refs = {}, {}
-    systems["teacher-pt"], _ = adapter(teacher_dir)
-    systems["student-pt"], refs["student"] = adapter(student)
-    systems["student-ct2-int8"], _ = adapter(ct2_export(student, f"ct2-int8-{student.name}"))
+    systems["teacher-pt"], _ = load_adapter(teacher_dir)
+    systems["student-pt"], refs["student"] = load_adapter(student)
+    systems["student-ct2-int8"], _ = load_adapter(ct2_export(student, f"ct2-int8-{student.name}"))
     onnx = Path(args.student_onnx) if args.student_onnx else onnx_of(
         refs["student"].artifact_id if refs["student"].manifest else None)
     if onnx is not None:
-        systems["student-onnx-int8"], _ = adapter(onnx)
+        systems["student-onnx-int8"], _ = load_adapter(onnx)
         info["student_onnx"] = str(onnx.relative_to(ROOT) if onnx.is_relative_to(ROOT) else onnx)
     teacher_ct2 = whisper_ct2_dir("base", WORK / "whisper-base-ct2")
     systems["teacher-ct2-int8"] = ct2_models.load_ct2(str(teacher_ct2), "cpu", compute_type="int8")
@@ -172,8 +201,6 @@ def main() -> None:
     ap.add_argument("--name", default="asr_vs_faster_whisper", help="output file stem under bench/results/")
     args = ap.parse_args()
     args.torch_rounds = args.rounds if args.torch_rounds is None else args.torch_rounds
-
-    from tqdm import tqdm
 
     from distill import provenance
     from distill.evaluation import metrics
@@ -202,16 +229,8 @@ def main() -> None:
                 passes.append({k: v for k, v in entry.items() if k not in ("key", "texts")})
                 preds[name] = preds[name] or entry["texts"]
                 continue
-            asr = systems[name]
-            asr.transcribe([items[0]["audio"]], language="en")  # untimed warm-up
-            before, compute, texts = os.getloadavg(), 0.0, []
-            for it in tqdm(items, desc=f"round {r + 1} {name}", unit="clip", leave=False):
-                t0 = time.perf_counter()
-                texts.append(asr.transcribe([it["audio"]], language="en")[0])
-                compute += time.perf_counter() - t0
-            passes.append({"round": r + 1, "system": name, "compute_s": round(compute, 3),
-                           "rtfx": round(audio_s / compute, 3), "load_avg_before": [round(x, 2) for x in before],
-                           "load_avg_after": [round(x, 2) for x in os.getloadavg()]})
+            timing, texts = timed_pass(systems[name], items, audio_s, f"round {r + 1} {name}")
+            passes.append({"round": r + 1, "system": name, **timing})
             print(json.dumps(passes[-1]), flush=True)
             with open(log, "a") as f:
                 f.write(json.dumps({**passes[-1], "key": key, "texts": texts}) + "\n")
@@ -255,14 +274,7 @@ def main() -> None:
         "wer_delta_vs_teacher_pt_abs": round(100 * (s[export]["wer"] - s["teacher-pt"]["wer"]), 2),
         "wer_fit_window_delta_abs": round(100 * (s[export]["wer_fit_window"] - fw["wer_fit_window"]), 2)}
     result["target"]["met"] = result["target"]["speedup_best"] >= 6 and result["target"]["wer_delta_abs"] <= 1.0
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(OUT / f"{args.name}_samples.jsonl", "w") as f:
-        for i, it in enumerate(items):
-            f.write(json.dumps({"id": it["id"], "task": it["task"], "audio_s": round(it["seconds"], 3),
-                                "reference": it["reference"], **{n: preds[n][i] for n in names}}) + "\n")
-    (OUT / f"{args.name}.md").write_text(report(result, args.name))
-    print(report(result, args.name))
+    write_outputs(args.name, result, items, {n: preds[n] for n in names}, report(result, args.name))
 
 
 def report(res: dict, name: str) -> str:

@@ -18,34 +18,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
 from pathlib import Path
 
-OUT = Path(__file__).parent / "results"
+from asr_vs_faster_whisper import clips, load_adapter, timed_pass, write_outputs  # same clips, timing, files
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_systems(run: Path, names: list[str], threads: int) -> tuple[dict, dict]:
     import torch
 
-    from distill.evaluation.adapters import ADAPTERS
-    from distill.evaluation.loading import resolve_model
-
     torch.set_num_threads(threads)
-
-    def adapter(path: str):
-        ref = resolve_model(path)
-        return ADAPTERS[ref.adapter](ref.source, "cpu", ref.manifest), ref
-
     first = json.loads((run / "artifacts" / names[0] / "manifest.json").read_text())
     source = first["lineage"][0]
     systems, info = {}, {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
                          "source": source, "artifacts": {}}
-    systems["source"], _ = adapter(source.replace("asset/", "asset:", 1))
+    systems["source"], _ = load_adapter(source.replace("asset/", "asset:", 1))
     for name in names:
-        systems[name], ref = adapter(str(run / "artifacts" / name))
+        systems[name], ref = load_adapter(run / "artifacts" / name)
         info["artifacts"][name] = {"size_bytes": ref.size_bytes, "lineage": ref.lineage}
     return systems, info
 
@@ -61,9 +52,6 @@ def main() -> None:
     ap.add_argument("--name", default="edge_latency", help="output file stem under bench/results/")
     args = ap.parse_args()
 
-    from tqdm import tqdm
-
-    from asr_vs_faster_whisper import clips  # the same clips as the faster-whisper bench
     from distill import provenance
     from distill.evaluation import metrics
 
@@ -74,18 +62,9 @@ def main() -> None:
     texts, passes = {}, []
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            asr = systems[name]
-            asr.transcribe([items[0]["audio"]], language="en")  # untimed warm-up
-            before, compute, out = os.getloadavg(), 0.0, []
-            for it in tqdm(items, desc=f"round {r + 1} {name}", unit="clip", leave=False):
-                t0 = time.perf_counter()
-                out.append(asr.transcribe([it["audio"]], language="en")[0])
-                compute += time.perf_counter() - t0
+            timing, out = timed_pass(systems[name], items, audio_s, f"round {r + 1} {name}")
             texts.setdefault(name, out)
-            passes.append({"round": r + 1, "system": name, "compute_s": round(compute, 3),
-                           "rtfx": round(audio_s / compute, 3),
-                           "load_avg_before": [round(x, 2) for x in before],
-                           "load_avg_after": [round(x, 2) for x in os.getloadavg()]})
+            passes.append({"round": r + 1, "system": name, **timing})
             print(json.dumps(passes[-1]), flush=True)
     refs = [it["reference"] for it in items]
     rtfx = {n: [p["rtfx"] for p in passes if p["system"] == n] for n in names}
@@ -104,15 +83,7 @@ def main() -> None:
             "wer": metrics.asr_scores(texts[name], refs, "english")["wer"],
             "rtfx_rounds": rtfx[name], "rtfx_median": statistics.median(rtfx[name]),
             "vs_source_rounds": [round(x, 3) for x in ratios], "vs_source_median": round(statistics.median(ratios), 3)}
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(OUT / f"{args.name}_samples.jsonl", "w") as f:
-        for i, it in enumerate(items):
-            f.write(json.dumps({"id": it["id"], "task": it["task"], "audio_s": round(it["seconds"], 3),
-                                "reference": it["reference"], **{n: texts[n][i] for n in names}}) + "\n")
-    (OUT / f"{args.name}.md").write_text(report(result, args.name))
-    print(report(result, args.name))
-
+    write_outputs(args.name, result, items, texts, report(result, args.name))
 
 def report(res: dict, name: str) -> str:
     rows = "\n".join(
