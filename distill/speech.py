@@ -344,6 +344,16 @@ def wer_filter(hypotheses: list[str], references: list[str], threshold: float | 
     return keep
 
 
+def fits_window(utterances: list[Utterance], window_seconds: float | None) -> list[bool]:
+    """Keep-mask: the utterance fits the student's encoder window (None = the teacher's, all fit).
+
+    A longer clip reaches a cut-window student truncated while its label covers every word, so
+    training on it teaches the student to say words it never heard."""
+    if window_seconds is None:
+        return [True] * len(utterances)
+    return [u.duration is None or u.duration <= window_seconds for u in utterances]
+
+
 def empty_rate(hypotheses: list[str], references: list[str]) -> tuple[int, int]:
     """(empty hypotheses, non-empty references): a teacher that says nothing to speech means silent or
     broken audio, and training on it teaches the student to say nothing."""

@@ -106,16 +106,19 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
             window = speech_cache.fill_window(root, teacher, processor, utts, frames // 50, teacher_sha=t_sha,
                                               shard_items=spec.cache.shard_items, batch_size=spec.cache.batch_size)
     cache = speech_cache.SpeechCache(root, expect_teacher=t_sha)
+    cfg = teacher.config
     enc_cache = speech_cache.SpeechCache(root / f"window-{frames}", t_sha) if window is not None else cache
     side = cache.side()
     keep = speech.wer_filter(side["hyps"], side["refs"], spec.wer_filter) if pseudo else [True] * len(utts)
-    kept = [i for i, k in enumerate(keep) if k]
-    logger.info("ASR data: %d utterances, %d kept after the WER filter (threshold %s), skipped %s",
-                len(utts), len(kept), spec.wer_filter, counts)
+    window_s = frames // 50 if frames != cfg.max_source_positions else None
+    fits = speech.fits_window(utts, window_s)
+    counts["longer_than_window"] = sum(1 for k, f in zip(keep, fits) if k and not f)
+    kept = [i for i, (k, f) in enumerate(zip(keep, fits)) if k and f]
+    logger.info("ASR data: %d utterances, %d kept after the WER filter (threshold %s) and the %s-s "
+                "window, skipped %s", len(utts), len(kept), spec.wer_filter, window_s or "full", counts)
     if not kept:
-        raise DistillError(f"the WER filter ({spec.wer_filter}) dropped every utterance",
-                           "raise wer_filter, set it to null, or check the references")
-    cfg = teacher.config
+        raise DistillError(f"the WER filter ({spec.wer_filter}) and the student's window dropped every "
+                           "utterance", "raise wer_filter, set it to null, widen the window, or check the references")
     pad = teacher.generation_config.pad_token_id
     pad = cfg.pad_token_id if pad is None else pad
     start_id = cfg.decoder_start_token_id
@@ -161,5 +164,5 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
     index = Blocks(torch.arange(len(kept))[:, None], ctx.seed)
     final = train({"student": student}, step, index, spec.train, ctx, unit="utt")
     student.eval()
-    return {"utterances": len(utts), "kept_after_wer_filter": len(kept), "skipped": counts,
+    return {"utterances": len(utts), "kept_after_wer_filter": sum(keep), "kept": len(kept), "skipped": counts,
             "speech_cache": {"dir": str(root), **summary, "window": window}, "final_metrics": final}

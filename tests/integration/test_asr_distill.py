@@ -73,6 +73,7 @@ def test_tiny_levers_twin_ships_plain_hf_students_that_chunk_long_audio(tmp_path
     assert window.extra["encoder_frames"] == 500 and encoder.extra["encoder_layer_map"] == [0, 3]
     cache = window.extra["speech_cache"]
     assert cache["window"]["items"] == cache["items"] == 4  # one teacher pass, shared by both stages
+    assert window.extra["skipped"]["longer_than_window"] == 0 and window.extra["kept"] <= 4  # librivox-5: all < 10 s
     assert encoder.extra["speech_cache"]["dir"] == cache["dir"]
     for art, enc_layers in ((window, 4), (encoder, 2)):
         cfg = json.loads((art.path / "config.json").read_text())

@@ -171,3 +171,10 @@ def test_wer_filter_against_hand_counted_pairs():
     assert speech.wer_filter(hyps, refs, 0.1) == [True, False, False, False]
     assert speech.wer_filter(hyps, refs, 0.5) == [True, True, True, False]
     assert speech.wer_filter(hyps, refs, None) == [True, True, True, False]
+
+
+def test_clips_longer_than_a_cut_window_are_kept_out_of_training():
+    # A 12-s clip reaches a 10-s student truncated while its label holds every word.
+    utts = [speech.Utterance(f"u{i}", "x.wav", "t", duration=d) for i, d in enumerate([3.0, 10.0, 12.5])]
+    assert speech.fits_window(utts, 10) == [True, True, False]
+    assert speech.fits_window(utts, None) == [True, True, True]  # the teacher's window: all fit
