@@ -68,7 +68,20 @@ def check_source(path: Path, kind: str) -> str:
     return ARCHITECTURES[kind]
 
 
-def convert(source: Path, out: Path, kind: str, quantization: str = "int8") -> dict:
+def check_buckets(source: Path, kind: str, buckets: list[int]) -> None:
+    """Window buckets need a Whisper source whose window is longer than every bucket."""
+    if not buckets:
+        return
+    if kind != "hf-whisper":
+        raise DistillError(f"window_buckets apply to Whisper exports, not '{kind}'", "drop window_buckets")
+    window_s = 2 * int(json.loads((Path(source) / "config.json").read_text())["max_source_positions"]) // 100
+    if max(buckets) >= window_s:
+        raise DistillError(f"window bucket {max(buckets)} s is not shorter than the model's {window_s} s window",
+                           f"use buckets below {window_s} s (the model's own window is always the last one)")
+
+
+def convert(source: Path, out: Path, kind: str, quantization: str = "int8",
+            window_buckets: list[int] | None = None, bucket_padding_s: float = 1.0) -> dict:
     """Convert the HF directory `source` into the empty directory `out`; returns manifest extras.
 
     Nothing is written unless the source is convertible (check_source runs first).
@@ -80,6 +93,7 @@ def convert(source: Path, out: Path, kind: str, quantization: str = "int8") -> d
         raise DistillError(f"unknown CTranslate2 quantization '{quantization}'",
                            f"use one of: {', '.join(QUANTIZATIONS)}")
     arch = check_source(source, kind)
+    check_buckets(source, kind, window_buckets or [])
     logger.info("converting %s to CTranslate2 (%s)", source, quantization)
     # force=True: `out` is the fresh directory artifacts.prepare_dir made; the converter refuses
     # an existing directory otherwise.
@@ -96,6 +110,8 @@ def convert(source: Path, out: Path, kind: str, quantization: str = "int8") -> d
         frames = 2 * int(config["max_source_positions"])
         extra.update(window_s=frames // 100, encoder_frames=frames,
                      faster_whisper=frames == FULL_WINDOW_FRAMES)
+        if window_buckets:
+            extra.update(window_buckets=sorted(window_buckets), bucket_padding_s=bucket_padding_s)
     else:
         from transformers import AutoTokenizer
 
@@ -174,7 +190,16 @@ print(tok.decode(result[0].sequences_ids[0], skip_special_tokens=True))
 ```
 
 (English-only models take `["<|startoftranscript|>", "<|notimestamps|>"]`.) Longer audio:
-`distill transcribe` slides the {window}-s window with Whisper's timestamp rule.
+`distill transcribe` cuts it at pauses into pieces of at most {window} s.
+"""
+    if extra.get("window_buckets"):
+        buckets = ", ".join(f"{b} s" for b in extra["window_buckets"])
+        run += f"""
+**Window buckets: {buckets}.** CTranslate2's encoder takes any number of frames up to the window,
+and this export was measured padding each clip to the shortest of {buckets} and {window} s that
+leaves {extra['bucket_padding_s']:g} s after it (a shorter encoder pass for short clips): pass
+`max_length=<bucket seconds> * 16000` to the feature extractor above. `distill transcribe` and
+`distill eval` do this by themselves.
 """
     return head + run + """
 With distill: `distill transcribe THIS_DIR audio.wav [--json]`, `distill eval THIS_DIR --suite asr-en`.

@@ -439,6 +439,15 @@ class ExportStage(InputStage):
     quantization: Literal["int8", "int8_float32", "float32"] | None = Field(
         None, description="ct2 only: CTranslate2 weight type (default int8: int8 weights with per-row "
         "scales; int8 and int8_float32 both run int8 GEMMs with float32 elsewhere on CPU)")
+    window_buckets: list[int] = Field(
+        default_factory=list, description="ct2 Whisper only: shorter encoder windows (s) the export "
+        "also runs. CTranslate2 encodes any length up to the model's window, so each clip is padded "
+        "to the shortest bucket that leaves bucket_padding_s after it, and a short clip pays for a "
+        "short encoder pass. A bucket is the model with its window cut (train the student for it: "
+        "an untrained cut loops when little padding is left); faster-whisper pads to 30 s and "
+        "ignores this")
+    bucket_padding_s: float = Field(1.0, ge=0, description="ct2 window_buckets: padding (s) a clip "
+                                    "keeps after it in a bucket")
     optimize: bool = Field(True, description="ONNX Runtime offline graph optimisation (fusions, "
                            "extended level: portable across CPUs) after quantization")
     quantize: Literal[ONNX_QUANT] = Field(
@@ -465,6 +474,11 @@ class ExportStage(InputStage):
         if self.format == "onnx" and self.quantization is not None:
             raise ValueError("`quantization` is the ct2 weight type; for format onnx use `quantize: "
                              "int8-dynamic | int8-static | int4`")
+        if self.window_buckets and self.format != "ct2":
+            raise ValueError("window_buckets are run by the CTranslate2 adapter: set format: ct2 or drop them")
+        if any(w <= self.bucket_padding_s for w in self.window_buckets):
+            raise ValueError(f"every window bucket must exceed bucket_padding_s ({self.bucket_padding_s:g} s), "
+                             f"got {self.window_buckets}")
         if self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of 2 (16, 32, 64, 128), got {self.block_size}")
         needs = self.quantize == "int8-static" or (self.quantize == "int4" and self.int4_method == "gptq")

@@ -10,6 +10,12 @@ longer than a 30-s model's window slides the window with Whisper's timestamp rul
 `transcribe`: cut after the last complete segment); a cut-window student, which never learned
 timestamps for its window, decodes pieces cut at pauses instead (distill.evaluation.longform), the
 same rule as the PyTorch adapter.
+
+Window buckets (an export's `window_buckets`): CTranslate2's Whisper encoder takes any number of
+frames up to its window (the positional table is sliced to fit), so a short clip can be padded to a
+short window instead of the model's own: the shortest bucket that leaves `bucket_padding_s` of
+padding after the clip. A bucket runs exactly the model cut to that window (the
+`window_seconds` lever), and the encoder, most of the cost, shrinks with it.
 """
 
 from __future__ import annotations
@@ -67,6 +73,8 @@ class CT2Whisper:
     modality: str = "asr"
     multilingual: bool = False
     max_new_tokens: int = 128  # as the PyTorch adapter's short-form path
+    window_buckets: tuple[float, ...] = ()  # shorter windows (s) this model also runs, see the module doc
+    bucket_padding_s: float = 1.0  # padding a clip keeps after it in a bucket
     _ids: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -84,6 +92,16 @@ class CT2Whisper:
     @property
     def max_audio_seconds(self) -> float:
         return self.window_samples / SAMPLE_RATE
+
+    def window_for(self, n_samples: int) -> int:
+        """Samples a clip of `n_samples` is padded to: the shortest bucket that leaves
+        bucket_padding_s after it, else the model's own window."""
+        pad = int(self.bucket_padding_s * SAMPLE_RATE)
+        for seconds in sorted(self.window_buckets):
+            window = int(seconds * SAMPLE_RATE)
+            if window < self.window_samples and n_samples + pad <= window:
+                return window
+        return self.window_samples
 
     def language_token(self, language: str) -> int | None:
         return whisper_language_token(self.processor.tokenizer, self.multilingual, language)
@@ -104,11 +122,12 @@ class CT2Whisper:
             ids.append(self._ids["<|notimestamps|>"])
         return ids
 
-    def _features(self, audios: list):
+    def _features(self, audios: list, window: int | None = None):
         import ctranslate2
         import numpy as np
 
-        feats = self.processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="np")
+        feats = self.processor.feature_extractor(audios, sampling_rate=SAMPLE_RATE, return_tensors="np",
+                                                 max_length=window or self.window_samples)
         return ctranslate2.StorageView.from_array(np.ascontiguousarray(feats.input_features, dtype=np.float32))
 
     def _decode(self, ids: list[int]) -> str:
@@ -141,12 +160,18 @@ class CT2Whisper:
         return texts  # type: ignore[return-value]
 
     def _short(self, audios: list, language: str, context: str | None) -> list[list[int]]:
-        """Audio within the window, batched, no timestamps -> per audio its text tokens."""
+        """Audio within the window, batched per window bucket, no timestamps -> per audio its text tokens."""
         prompt = self.prompt(language, context, timestamps=False)
-        results = self.model.generate(self._features(audios), [prompt] * len(audios), beam_size=1,
-                                      max_length=_max_length(len(prompt), self.max_new_tokens))
         eot = self._ids["<|endoftext|>"]
-        return [[t for t in r.sequences_ids[0] if t < eot] for r in results]
+        windows = [self.window_for(len(a)) for a in audios]
+        out: list[list[int]] = [[] for _ in audios]
+        for window in sorted(set(windows)):
+            idx = [i for i, w in enumerate(windows) if w == window]
+            results = self.model.generate(self._features([audios[i] for i in idx], window), [prompt] * len(idx),
+                                          beam_size=1, max_length=_max_length(len(prompt), self.max_new_tokens))
+            for i, r in zip(idx, results):
+                out[i] = [t for t in r.sequences_ids[0] if t < eot]
+        return out
 
     def _long_form(self, audio, language: str, context: str | None) -> str:
         """Slide a 30-s window over audio longer than it (Whisper's rule, as faster-whisper): after
@@ -287,7 +312,9 @@ def load_ct2(path: str, device: str = "cpu", manifest=None, compute_type: str | 
     if arch == "whisper":
         model = ctranslate2.models.Whisper(str(where), **kwargs)
         return CT2Whisper(model=model, processor=_whisper_processor(where, model.n_mels), dtype=model.compute_type,
-                          device=device, multilingual=model.is_multilingual)
+                          device=device, multilingual=model.is_multilingual,
+                          window_buckets=tuple(extra.get("window_buckets") or ()),
+                          bucket_padding_s=float(extra.get("bucket_padding_s", 1.0)))
     from transformers import AutoTokenizer
 
     model = ctranslate2.Generator(str(where), **kwargs)

@@ -85,8 +85,10 @@ def run(spec: ExportStage, ctx: RunContext) -> Artifact:
     if spec.format == "ct2":  # CTranslate2: distill.ct2 (checked before the directory exists)
         check_compressible(source, "export")
         ct2.check_source(Path(source.path), source.kind)
+        ct2.check_buckets(Path(source.path), source.kind, spec.window_buckets)
         out = artifacts.prepare_dir(ctx.artifact_dir())
-        extra = ct2.convert(Path(source.path), out, source.kind, spec.quantization or "int8")
+        extra = ct2.convert(Path(source.path), out, source.kind, spec.quantization or "int8",
+                            spec.window_buckets, spec.bucket_padding_s)
     else:
         task = check_exportable(source)
         calibration = onnx_quant.calibration_inputs(spec, source) if spec.calibration else None

@@ -87,10 +87,11 @@ def exported(tmp_path_factory):
     short, full = tiny_whisper_dir(root / "whisper-1s", 50), tiny_whisper_dir(root / "whisper-30s", 1500)
     llama = tiny_llama(root / "llama")
     stages = [("w-f32", short, "float32"), ("w-int8", short, "int8"), ("w30-int8", full, "int8"),
-              ("lm-f32", llama, "float32"), ("lm-int8", llama, "int8_float32")]
+              ("lm-f32", llama, "float32"), ("lm-int8", llama, "int8_float32"), ("w30-f32", full, "float32")]
     recipe = {"name": "ct2-tiny", "seed": 0,
               "stages": [{"name": n, "kind": "export", "format": "ct2", "quantization": q, "model": str(src)}
                          for n, src, q in stages]}
+    recipe["stages"][5].update(window_buckets=[5, 10], bucket_padding_s=1.0)
     # float32 must compute the source: a parity gate on per-token log-probs, scored by the harness
     recipe["stages"][3]["gate"] = {"task": "smoke-ppl", "metric": "max_abs_logprob_diff", "tolerance": 1e-3,
                                    "limit": 4}
@@ -247,5 +248,70 @@ def test_bad_ct2_exports_are_refused_before_anything_is_written(exported, tmp_pa
                            ({"format": "ct2", "quantize": "int8-dynamic"}, "format ct2 quantizes")):
         path = tmp_path / "r.yaml"
         path.write_text(json.dumps({**base, "stages": [{**base["stages"][0], **stage}]}))
+        with pytest.raises(DistillError, match=message):
+            recipe.load(path, [])
+
+
+def test_a_window_bucket_runs_the_model_cut_to_that_window(exported):
+    """CT2 encodes a 5-s bucket of the 30-s model as the PyTorch model cut to a 5-s window."""
+    import ctranslate2
+    from transformers import WhisperForConditionalGeneration
+
+    from distill.speech import whisper_student
+
+    art = exported["w30-f32"]
+    assert art.extra["window_buckets"] == [5, 10] and art.extra["bucket_padding_s"] == 1.0
+    model = _load(art)
+    assert model.window_buckets == (5, 10)
+    feats = model.processor.feature_extractor(audio_clips(), sampling_rate=16000, return_tensors="np",
+                                              max_length=5 * 16000).input_features
+    assert feats.shape[-1] == 500
+    got = np.asarray(model.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=True))
+    cut, _ = whisper_student(WhisperForConditionalGeneration.from_pretrained(exported["full"]), window_seconds=5)
+    with torch.no_grad():
+        want = cut.model.encoder(torch.from_numpy(feats)).last_hidden_state.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+class _Shapes(_Scripted):
+    """Records the encoder frames of every generate call and answers with the frame count."""
+
+    def __init__(self, outputs: dict):
+        super().__init__([])
+        self.outputs = outputs
+
+    def generate(self, features, prompts, **kwargs):
+        from types import SimpleNamespace
+
+        frames = np.asarray(features).shape[-1]
+        self.batches.append((frames, len(prompts)))
+        return [SimpleNamespace(sequences_ids=[self.outputs[frames]]) for _ in prompts]
+
+
+def test_window_buckets_pad_each_clip_to_the_shortest_bucket_that_leaves_the_padding(exported):
+    model = _load(exported["w30-f32"])  # buckets 5 and 10 s, 1 s of padding, window 30 s
+    tok = model.processor.tokenizer
+    said = {f: tok(f" w{f}", add_special_tokens=False).input_ids for f in (500, 1000, 3000)}
+    model.model = _Shapes(said)
+    secs = [3.9, 4.5, 12.0, 2.0]  # -> 5 s, 10 s (4.5 + 1 > 5), 30 s, 5 s
+    assert [model.window_for(int(s * 16000)) for s in secs] == [80000, 160000, 480000, 80000]
+    clips = [np.zeros(int(s * 16000), dtype=np.float32) for s in secs]
+    assert [t.strip() for t in model.transcribe(clips)] == ["w500", "w1000", "w3000", "w500"]  # back in input order
+    assert sorted(model.model.batches) == [(500, 2), (1000, 1), (3000, 1)]  # one batch per bucket
+
+
+def test_window_buckets_are_refused_where_they_cannot_run(exported, tmp_path):
+    from distill import ct2, recipe
+
+    with pytest.raises(DistillError, match="window bucket 30 s is not shorter than the model's 30 s window"):
+        ct2.check_buckets(exported["full"], "hf-whisper", [5, 30])
+    with pytest.raises(DistillError, match="window_buckets apply to Whisper exports"):
+        ct2.check_buckets(exported["llama"], "hf-causal-lm", [5])
+    base = {"kind": "export", "model": str(exported["full"])}
+    for stage, message in (({"format": "onnx", "window_buckets": [5]}, "set format: ct2"),
+                           ({"format": "ct2", "window_buckets": [1], "bucket_padding_s": 1.0},
+                            "must exceed bucket_padding_s")):
+        path = tmp_path / "r.yaml"
+        path.write_text(json.dumps({"name": "x", "stages": [{**base, **stage}]}))
         with pytest.raises(DistillError, match=message):
             recipe.load(path, [])
