@@ -46,9 +46,22 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name: platform.processor() says only "x86_64" on Linux, and speed depends on
+    the model (records and benches are compared only within one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str = "cpu") -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "device": device}
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "device": device}
     if "torch" in sys.modules:
         import torch
 

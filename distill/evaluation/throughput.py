@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import resource
 import sys
 import time
 
 from distill.errors import DistillError
+from distill.provenance import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +27,7 @@ def device_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(torch.device(device))
-    try:  # platform.processor() says only "x86_64" on Linux; the CPU model is what matters
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def load_average() -> list[float] | None:
