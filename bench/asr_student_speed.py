@@ -79,7 +79,8 @@ def main() -> None:
                         for n in names} for b in (1, 8)}
     result = {"bench": "asr_student_speed", "teacher": TEACHER, "students": names, "clips": len(items),
               "audio_s": round(sum(it["seconds"] for it in items), 2), "threads": args.threads,
-              "device_name": device_name("cpu"), "dtype": "float32", "backend": "torch-eager", "decoding": "greedy", "rounds": rounds,
+              "device_name": device_name("cpu"), "dtype": "float32", "backend": "torch-eager",
+              "decoding": "greedy", "rounds": rounds,
               "speedup_vs_teacher_median": speedup,
               "command": "python bench/asr_student_speed.py " + " ".join(os.sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)

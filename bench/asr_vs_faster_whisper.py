@@ -26,6 +26,7 @@ WER: the project's normaliser (distill.evaluation.metrics), first round's transc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -177,10 +178,9 @@ def load_systems(args) -> tuple[dict, dict]:
     systems["teacher-pt"], _ = load_adapter(teacher_dir)
     systems["student-pt"], refs["student"] = load_adapter(student)
     systems["student-ct2-int8"], _ = load_adapter(ct2_export(student, f"ct2-int8-{student.name}"))
-    if args.buckets:
-        bucketed, _ = load_adapter(ct2_export(student, f"ct2-int8-{student.name}"))
-        bucketed.window_buckets, bucketed.bucket_padding_s = tuple(args.buckets), args.bucket_padding
-        systems["student-ct2-int8-buckets"] = bucketed
+    if args.buckets:  # the same loaded CT2 model, another padding rule
+        systems["student-ct2-int8-buckets"] = dataclasses.replace(
+            systems["student-ct2-int8"], window_buckets=tuple(args.buckets), bucket_padding_s=args.bucket_padding)
         info["buckets"] = {"window_buckets": args.buckets, "bucket_padding_s": args.bucket_padding}
     onnx = Path(args.student_onnx) if args.student_onnx else onnx_of(
         refs["student"].artifact_id if refs["student"].manifest else None)

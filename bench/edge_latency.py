@@ -85,6 +85,7 @@ def main() -> None:
             "vs_source_rounds": [round(x, 3) for x in ratios], "vs_source_median": round(statistics.median(ratios), 3)}
     write_outputs(args.name, result, items, texts, report(result, args.name))
 
+
 def report(res: dict, name: str) -> str:
     rows = "\n".join(
         f"| {n} | {s['backend']} | {s['dtype']} | {100 * s['wer']:.2f} | {s['rtfx_median']:.2f} | "

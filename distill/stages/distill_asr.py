@@ -106,11 +106,10 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
             window = speech_cache.fill_window(root, teacher, processor, utts, frames // 50, teacher_sha=t_sha,
                                               shard_items=spec.cache.shard_items, batch_size=spec.cache.batch_size)
     cache = speech_cache.SpeechCache(root, expect_teacher=t_sha)
-    cfg = teacher.config
     enc_cache = speech_cache.SpeechCache(root / f"window-{frames}", t_sha) if window is not None else cache
     side = cache.side()
     keep = speech.wer_filter(side["hyps"], side["refs"], spec.wer_filter) if pseudo else [True] * len(utts)
-    window_s = frames // 50 if frames != cfg.max_source_positions else None
+    window_s = spec.student.window_seconds
     fits = speech.fits_window(utts, window_s)
     counts["longer_than_window"] = sum(1 for k, f in zip(keep, fits) if k and not f)
     kept = [i for i, (k, f) in enumerate(zip(keep, fits)) if k and f]
@@ -119,6 +118,7 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
     if not kept:
         raise DistillError(f"the WER filter ({spec.wer_filter}) and the student's window dropped every "
                            "utterance", "raise wer_filter, set it to null, widen the window, or check the references")
+    cfg = teacher.config
     pad = teacher.generation_config.pad_token_id
     pad = cfg.pad_token_id if pad is None else pad
     start_id = cfg.decoder_start_token_id
