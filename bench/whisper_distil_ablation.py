@@ -42,6 +42,10 @@ def levers(record: dict, manifests: dict[str, dict]) -> tuple[str, str]:
     loss = stage["loss"]
     how = "untrained" if stage.get("init_only") else (
         "CE only" if not loss["kd_weight"] else f"KD (T={loss['temperature']:g}) + {loss['ce_weight']:g} CE")
+    trains_encoder = s.get("encoder_layers") is not None or not stage.get("freeze_encoder", True)
+    if not stage.get("init_only"):
+        how += (f" + {loss['hidden_weight']:g} encoder MSE" if loss.get("hidden_weight") and trains_encoder
+                else "" if trains_encoder else ", encoder frozen")
     return cut, how
 
 
