@@ -145,6 +145,13 @@ def timed_pass(asr, items: list[dict], audio_s: float, desc: str) -> tuple[dict,
             "load_avg_after": [round(x, 2) for x in os.getloadavg()]}, texts
 
 
+def command_line(script: str, args) -> str:
+    """The command that reproduces a run, every option spelled out (defaults included)."""
+    return f"python bench/{script} " + " ".join(
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+        for k, v in vars(args).items() if v is not None)
+
+
 def write_outputs(name: str, result: dict, items: list[dict], texts: dict[str, list[str]], md: str) -> None:
     """bench/results/<name>.json, <name>_samples.jsonl (every system's transcript per clip), <name>.md."""
     OUT.mkdir(exist_ok=True)
@@ -247,9 +254,7 @@ def main() -> None:
             if preds[name] is None:
                 preds[name] = texts
     refs = [it["reference"] for it in items]
-    result = {"command": "python bench/asr_vs_faster_whisper.py " + " ".join(
-                  f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                  for k, v in vars(args).items() if v is not None),
+    result = {"command": command_line("asr_vs_faster_whisper.py", args),
               "git": provenance.git_state(), "versions": provenance.versions(),
               "machine": provenance.machine("cpu"), "created": provenance.now(),
               "conditions": {"batch_size": 1, "decoding": "greedy", "threads": args.threads, "device": "cpu",

@@ -31,8 +31,6 @@ def bucket_systems(student_ct2, sets: list[tuple[int, ...]], paddings: list[floa
     systems = {"none": student_ct2}
     for buckets in sets:
         for pad in paddings:
-            if all(b - pad <= 0 for b in buckets):
-                continue  # no clip could fit any bucket
             name = f"{','.join(map(str, buckets))}@{pad:g}s"
             systems[name] = dataclasses.replace(student_ct2, window_buckets=buckets, bucket_padding_s=pad)
     return systems
@@ -64,7 +62,6 @@ def main() -> None:
     import torch
 
     from distill import provenance
-    from distill.assets import asset_path  # noqa: F401  (assets must be installed: the teacher's CT2)
     from distill.assets.models import whisper_ct2_dir
     from distill.evaluation import ct2_models
 
@@ -78,9 +75,7 @@ def main() -> None:
     teacher = ct2_models.load_ct2(str(whisper_ct2_dir("base", peers.WORK / "whisper-base-ct2")), "cpu",
                                   compute_type="int8")
     systems = {"teacher-ct2-int8": teacher, **systems}
-    result = {"command": "python bench/asr_window_buckets.py " + " ".join(
-                  f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                  for k, v in vars(args).items() if v is not None),
+    result = {"command": peers.command_line("asr_window_buckets.py", args),
               "git": provenance.git_state(), "versions": provenance.versions(),
               "machine": provenance.machine("cpu"), "created": provenance.now(),
               "student": str(student.relative_to(ROOT) if student.is_relative_to(ROOT) else student),
@@ -96,7 +91,7 @@ def main() -> None:
         timing, texts[name] = peers.timed_pass(system, items, audio_s, name)
         result["systems"][name] = {
             "window_buckets": list(getattr(system, "window_buckets", ())),
-            "bucket_padding_s": getattr(system, "bucket_padding_s", None) if name != "teacher-ct2-int8" else None,
+            "bucket_padding_s": system.bucket_padding_s if system.window_buckets else None,
             **timing, "pooled": scores(texts[name], items),
             "asterisk-en": scores(texts[name], items, lambda it: it["task"] == "asterisk-en"),
             "up_to_5s": scores(texts[name], items, lambda it: it["seconds"] <= 5),

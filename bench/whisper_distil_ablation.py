@@ -43,9 +43,12 @@ def levers(record: dict, manifests: dict[str, dict]) -> tuple[str, str]:
     how = "untrained" if stage.get("init_only") else (
         "CE only" if not loss["kd_weight"] else f"KD (T={loss['temperature']:g}) + {loss['ce_weight']:g} CE")
     trains_encoder = s.get("encoder_layers") is not None or not stage.get("freeze_encoder", True)
-    if not stage.get("init_only"):
-        how += (f" + {loss['hidden_weight']:g} encoder MSE" if loss.get("hidden_weight") and trains_encoder
-                else "" if trains_encoder else ", encoder frozen")
+    if stage.get("init_only"):
+        return cut, how
+    if not trains_encoder:
+        how += ", encoder frozen"
+    elif loss.get("hidden_weight"):
+        how += f" + {loss['hidden_weight']:g} encoder MSE"
     return cut, how
 
 
