@@ -215,6 +215,13 @@ def window_frames(config, window_seconds: int | None) -> int:
     return window_seconds * 50
 
 
+def student_window_seconds(student_config, teacher_config) -> int | None:
+    """The student's encoder window in seconds, read from its config (None = the teacher's): a
+    student loaded as is (init: model) may have been cut by an earlier stage."""
+    frames = student_config.max_source_positions
+    return None if frames >= teacher_config.max_source_positions else frames // 50
+
+
 def whisper_student(teacher, decoder_layers: int | None = None, encoder_layers: int | None = None,
                     window_seconds: int | None = None):
     """The teacher cut by three levers -> (student, facts). Layers are evenly spaced (first and last

@@ -109,7 +109,7 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
     enc_cache = speech_cache.SpeechCache(root / f"window-{frames}", t_sha) if window is not None else cache
     side = cache.side()
     keep = speech.wer_filter(side["hyps"], side["refs"], spec.wer_filter) if pseudo else [True] * len(utts)
-    window_s = spec.student.window_seconds
+    window_s = speech.student_window_seconds(student.config, teacher.config)
     fits = speech.fits_window(utts, window_s)
     counts["longer_than_window"] = sum(1 for k, f in zip(keep, fits) if k and not f)
     kept = [i for i, (k, f) in enumerate(zip(keep, fits)) if k and f]

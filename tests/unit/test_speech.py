@@ -178,3 +178,16 @@ def test_clips_longer_than_a_cut_window_are_kept_out_of_training():
     utts = [speech.Utterance(f"u{i}", "x.wav", "t", duration=d) for i, d in enumerate([3.0, 10.0, 12.5])]
     assert speech.fits_window(utts, 10) == [True, True, False]
     assert speech.fits_window(utts, None) == [True, True, True]  # the teacher's window: all fit
+
+
+def test_a_student_loaded_as_is_keeps_its_own_window_for_the_fit_check(tmp_path):
+    # init: model loads an earlier stage's cut-window student: its window comes from its config,
+    # not from the recipe's window_seconds (left unset), or long clips would train truncated.
+    from transformers import WhisperForConditionalGeneration
+
+    teacher = tiny_whisper(2, seconds=2)
+    student, _ = speech.whisper_student(teacher, window_seconds=1)
+    student.save_pretrained(tmp_path)
+    loaded = WhisperForConditionalGeneration.from_pretrained(tmp_path)
+    assert speech.student_window_seconds(loaded.config, teacher.config) == 1
+    assert speech.student_window_seconds(teacher.config, teacher.config) is None
