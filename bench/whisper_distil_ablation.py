@@ -38,10 +38,15 @@ def levers(record: dict, manifests: dict[str, dict]) -> tuple[str, str]:
     if stage is None:
         return "6 / 6 / 30 s", "teacher"
     s = stage["student"]
-    cut = f"{s['decoder_layers'] or 6} / {s['encoder_layers'] or 6} / {s['window_seconds'] or 30} s"
     loss = stage["loss"]
     how = "untrained" if stage.get("init_only") else (
         "CE only" if not loss["kd_weight"] else f"KD (T={loss['temperature']:g}) + {loss['ce_weight']:g} CE")
+    if s.get("init") == "model":  # a further round on an earlier student: its cut is that student's
+        base = (s["model"].get("source") or "a model").removeprefix("stage:")
+        cut = f"as `{base}`"
+        how = f"{stage['train']['steps']} more steps from `{base}` (lr {stage['train']['lr']:g}): {how}"
+    else:
+        cut = f"{s['decoder_layers'] or 6} / {s['encoder_layers'] or 6} / {s['window_seconds'] or 30} s"
     trains_encoder = s.get("encoder_layers") is not None or not stage.get("freeze_encoder", True)
     if stage.get("init_only"):
         return cut, how

@@ -52,7 +52,10 @@ def build_student(spec: AsrDistillStage, teacher, processor, ctx: RunContext):
         if student.config.vocab_size != teacher.config.vocab_size:
             raise DistillError(f"teacher vocab {teacher.config.vocab_size} != student vocab "
                                f"{student.config.vocab_size}", "use a student from the same Whisper family")
-        return student, student_proc, {"encoder_frames": student.config.max_source_positions}
+        c = student.config
+        return student, student_proc, {"encoder_frames": c.max_source_positions, "decoder_layers": c.decoder_layers,
+                                       "encoder_layers": c.encoder_layers,
+                                       "window_seconds": speech.student_window_seconds(c, teacher.config)}
     s = spec.student
     student, facts = speech.whisper_student(teacher, s.decoder_layers, s.encoder_layers, s.window_seconds)
     proc = processor if s.window_seconds is None else speech.student_processor(processor, s.window_seconds)

@@ -75,6 +75,9 @@ def test_tiny_levers_twin_ships_plain_hf_students_that_chunk_long_audio(tmp_path
     assert cache["window"]["items"] == cache["items"] == 4  # one teacher pass, shared by both stages
     assert window.extra["skipped"]["longer_than_window"] == 0 and window.extra["kept"] <= 4  # librivox-5: all < 10 s
     assert encoder.extra["speech_cache"]["dir"] == cache["dir"]
+    again = result.artifacts["again"]  # a further round on `encoder`, loaded as is: its own 10-s window
+    assert (again.extra["window_seconds"], again.extra["encoder_layers"], again.extra["decoder_layers"]) == (10, 2, 1)
+    assert again.extra["kept"] == encoder.extra["kept"] and again.lineage == ["asset/whisper-tiny.en"]
     for art, enc_layers in ((window, 4), (encoder, 2)):
         cfg = json.loads((art.path / "config.json").read_text())
         assert cfg["architectures"] == ["WhisperForConditionalGeneration"] and cfg["max_source_positions"] == 500
