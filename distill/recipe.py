@@ -316,6 +316,9 @@ class LoraStage(InputStage):
             raise ValueError("give exactly one of `data` (text, causal LMs) or `speech` (Whisper)")
         if self.noise is not None and self.speech is None:
             raise ValueError("`noise` augments speech: use it with `speech`, not `data`")
+        if self.speech is not None and self.speech.pack_seconds is not None:
+            raise ValueError("speech.pack_seconds packs clips for a short-window distill-asr student; "
+                             "a LoRA stage trains on the clips as they are: remove it")
         if self.objective == "kd" and self.teacher is None:
             raise ValueError("objective kd needs `teacher` (e.g. asset:smollm2-135m-instruct)")
         if self.objective == "ce" and self.teacher is not None:
@@ -499,6 +502,10 @@ class SpeechData(Spec):
     max_items: int | None = Field(None, gt=0, description="cap on utterances used (None = all)")
     max_seconds: float = Field(30.0, gt=0, le=30, description="drop longer clips (Whisper's window is 30 s)")
     noisy: bool = Field(True, description="include noise-mixed rows (column `noise`) of the split")
+    pack_seconds: float | None = Field(
+        None, gt=0, le=30, description="concatenate consecutive utterances (0.3 s apart) into clips of at "
+        "most this many seconds (distil-whisper's concatenate_audio): a short-window student then trains "
+        "on clips that fill its window; keep it 1 s under the window (None = no packing)")
 
 
 class AsrStudentSpec(Spec):
@@ -573,6 +580,10 @@ class AsrDistillStage(StageBase):
                              "frozen: set freeze_encoder: false or student.encoder_layers")
         if self.loss.top_k is not None and self.loss.top_k > self.cache.top_k:
             raise ValueError(f"loss.top_k {self.loss.top_k} exceeds cache.top_k {self.cache.top_k}")
+        window = self.student.window_seconds if self.student.init != "model" else None
+        if self.data.pack_seconds and self.data.pack_seconds > (window or 30):
+            raise ValueError(f"data.pack_seconds {self.data.pack_seconds:g} exceeds the student's {window or 30}-s "
+                             "window: packed clips would be kept out of training; keep it 1 s under the window")
         return self
 
 
@@ -631,6 +642,9 @@ class Qwen3AsrDistillStage(StageBase):
 
         if self.student.init == "moe_merge":
             raise ValueError("student init moe_merge is for MoE LMs: use config, layer_map or model")
+        if self.data.pack_seconds is not None:
+            raise ValueError("data.pack_seconds packs clips for a short-window Whisper student (distill-asr); "
+                             "Qwen3-ASR has no fixed window to fill: remove it")
         qwen3_asr.language_name(self.language)  # DistillError names the supported languages
         wants_hidden = self.hidden.encoder or bool(self.hidden.decoder_layers)
         if bool(self.loss.hidden_weight) != wants_hidden:

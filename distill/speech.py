@@ -150,6 +150,49 @@ def decode(utterances: list[Utterance], max_seconds: float):
     return kept, counts
 
 
+PACK_GAP_S = 0.3  # silence between packed utterances: a pause, so the teacher writes a sentence break
+
+
+def pack(utterances: list[Utterance], seconds: float, out_dir: Path) -> list[Utterance]:
+    """Consecutive utterances concatenated (PACK_GAP_S apart) into clips of at most `seconds`,
+    written once to `out_dir` as 16-kHz float WAVs -> the packed utterances, in order.
+
+    distil-whisper's `concatenate_audio`: a student trained on short prompts only has never filled its
+    window, and a short-window student is then worst on the clips that do. Greedy and in the data's
+    (seeded) order, so a run and its resume pack alike; a clip already `seconds` long stays alone.
+    """
+    import hashlib
+
+    import soundfile as sf
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups: list[list[Utterance]] = []
+    for utt in utterances:
+        last = groups[-1] if groups else None
+        if last and sum(u.duration for u in last) + PACK_GAP_S * len(last) + utt.duration <= seconds:
+            last.append(utt)
+        else:
+            groups.append([utt])
+    packed = []
+    gap = np.zeros(int(PACK_GAP_S * SAMPLE_RATE), dtype=np.float32)
+    for group in groups:
+        if len(group) == 1:
+            packed.append(group[0])
+            continue
+        uid = "+".join(u.id for u in group)
+        path = out_dir / f"{hashlib.sha256(uid.encode()).hexdigest()[:20]}.wav"
+        if not path.is_file():  # written by temp file + rename: a killed pack leaves no torn clip
+            parts = [p for u in group for p in (load_wave(u.audio_path)[0], gap)][:-1]
+            tmp = path.with_suffix(".tmp.wav")
+            sf.write(str(tmp), np.concatenate(parts), SAMPLE_RATE, subtype="FLOAT")
+            tmp.rename(path)
+        duration = sum(u.duration for u in group) + PACK_GAP_S * (len(group) - 1)
+        packed.append(Utterance(id=uid, audio_path=str(path), text=" ".join(u.text.strip() for u in group),
+                                duration=duration))
+    return packed
+
+
 # ----------------------------------------------------------------------------- the student levers
 def _layer_keys(state: dict, prefix: str, keep: list[int]) -> dict:
     """Copy of `state` where layers `prefix<i>.` are renumbered to their position in `keep` (others dropped)."""

@@ -95,6 +95,12 @@ def _train(spec, ctx, teacher, processor, student, student_proc, frames, trains_
     utts = speech.read_utterances(spec.data.source, spec.data.split, spec.data.max_items,
                                   spec.data.noisy, ctx.seed)
     utts, counts = speech.decode(utts, spec.data.max_seconds)
+    if spec.data.pack_seconds:
+        with ctx.procs.main_first():  # rank 0 writes the packed clips, the other ranks find them
+            n = len(utts)
+            utts = speech.pack(utts, spec.data.pack_seconds, ctx.run_dir / "packed_audio")
+        counts["packed_from"], counts["packed_clips"] = n, len(utts)
+        logger.info("packed %d utterances into %d clips of at most %g s", n, len(utts), spec.data.pack_seconds)
     language = spec.language if getattr(teacher.generation_config, "is_multilingual", False) else None
     pseudo = spec.pseudo_label
     probe = speech_cache.data_hash(utts, language=language, pseudo=pseudo, max_new_tokens=128,

@@ -191,3 +191,49 @@ def test_a_student_loaded_as_is_keeps_its_own_window_for_the_fit_check(tmp_path)
     loaded = WhisperForConditionalGeneration.from_pretrained(tmp_path)
     assert speech.student_window_seconds(loaded.config, teacher.config) == 1
     assert speech.student_window_seconds(teacher.config, teacher.config) is None
+
+
+def test_pack_concatenates_consecutive_clips_up_to_the_limit(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    durations = [2.0, 3.0, 4.0, 6.0, 1.0]
+    utts = []
+    for i, d in enumerate(durations):  # clip i holds the constant value i+1: the packed audio shows the order
+        path = tmp_path / f"u{i}.wav"
+        sf.write(str(path), np.full(int(d * 16000), (i + 1) / 10, dtype=np.float32), 16000, subtype="FLOAT")
+        utts.append(speech.Utterance(f"u{i}", str(path), f" word{i} ", duration=d))
+    packed = speech.pack(utts, 9.0, tmp_path / "packed")
+    # 2 + 0.3 + 3 = 5.3; + 0.3 + 4 = 9.6 > 9 -> new clip; 4 + 0.3 + 6 > 9 -> 6 alone? no: 6 + 0.3 + 1 = 7.3
+    assert [p.id for p in packed] == ["u0+u1", "u2", "u3+u4"]
+    assert packed[1] is utts[2]  # a clip packed alone is passed through, not rewritten
+    assert packed[0].text == "word0 word1" and abs(packed[0].duration - 5.3) < 1e-9
+    wave, sr = speech.load_wave(packed[0].audio_path)
+    assert sr == 16000 and len(wave) == int(5.3 * 16000)
+    assert np.allclose(wave[:32000], 0.1) and np.allclose(wave[32000:36800], 0) and np.allclose(wave[36800:], 0.2)
+    again = speech.pack(utts, 9.0, tmp_path / "packed")  # a resumed run packs alike, files already there
+    assert [(p.id, p.audio_path, p.text) for p in again] == [(p.id, p.audio_path, p.text) for p in packed]
+
+
+def test_pack_seconds_beyond_the_window_or_outside_distill_asr_is_refused(tmp_path):
+    from distill.recipe import load as load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("""name: r
+stages:
+  - kind: distill-asr
+    teacher: asset:whisper-tiny.en
+    student: {window_seconds: 10}
+    data: {source: x.jsonl, pack_seconds: 9}
+""")
+    load_recipe(recipe, [])
+    with pytest.raises(DistillError, match="pack_seconds 12 exceeds the student's 10-s window"):
+        load_recipe(recipe, ["stages.0.data.pack_seconds=12"])
+    recipe.write_text("""name: r
+stages:
+  - kind: lora
+    model: asset:whisper-tiny.en
+    speech: {source: x.jsonl, pack_seconds: 9}
+""")
+    with pytest.raises(DistillError, match="a LoRA stage trains on the clips as they are"):
+        load_recipe(recipe, [])
