@@ -45,10 +45,10 @@ def levers(record: dict, manifests: dict[str, dict]) -> tuple[str, str]:
         base = (s["model"].get("source") or "a model").removeprefix("stage:")
         cut = f"as `{base}`"
         how = f"{stage['train']['steps']} more steps from `{base}` (lr {stage['train']['lr']:g}): {how}"
-    if stage.get("data", {}).get("pack_seconds"):
-        how += f", clips packed to {stage['data']['pack_seconds']:g} s"
     else:
         cut = f"{s['decoder_layers'] or 6} / {s['encoder_layers'] or 6} / {s['window_seconds'] or 30} s"
+    if stage.get("data", {}).get("pack_seconds"):
+        how += f", clips packed to {stage['data']['pack_seconds']:g} s"
     trains_encoder = s.get("encoder_layers") is not None or not stage.get("freeze_encoder", True)
     if stage.get("init_only"):
         return cut, how
