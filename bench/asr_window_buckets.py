@@ -4,7 +4,7 @@ A CTranslate2 Whisper export runs any encoder length up to its window, so a clip
 shorter bucket (the ct2 export's `window_buckets` / `bucket_padding_s`). A model that never saw short
 padding repeats itself there (whisper-base loops when less than ~6 s follows the speech), so each
 bucket set is measured, not assumed: every real held-out clip (all asterisk-en test prompts,
-librivox-5, cards-5), batch 1, greedy, one CT2 int8 model, the bucket rule changed between passes.
+librivox-5, cards-5), batch 1 (or --batch-size, length-sorted), greedy, one CT2 int8 model, the bucket rule changed between passes.
 The teacher's own CT2 int8 weights (30-s window, no buckets) run the same clips as the reference.
 A bucket set is *safe* when its pooled WER stays within --tolerance points of the same model without
 buckets and it adds no repetition loop.
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=0.5, help="WER points a safe set may add")
     ap.add_argument("--asterisk", type=int, help="asterisk-en test prompts (evenly spread; default: all)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=1, help="clips per call (> 1: length-sorted batches)")
     ap.add_argument("--name", default="asr_window_buckets", help="output file stem under bench/results/")
     args = ap.parse_args()
 
@@ -80,15 +81,15 @@ def main() -> None:
               "machine": provenance.machine("cpu"), "created": provenance.now(),
               "student": str(student.relative_to(ROOT) if student.is_relative_to(ROOT) else student),
               "student_window_s": ct2.max_audio_seconds,
-              "conditions": {"batch_size": 1, "decoding": "greedy", "threads": args.threads, "device": "cpu",
-                             "compute_type": ct2.dtype, "warmup": "1 untimed clip per pass",
+              "conditions": {"batch_size": args.batch_size, "decoding": "greedy", "threads": args.threads, "device": "cpu",
+                             "compute_type": ct2.dtype, "warmup": "1 untimed batch per pass",
                              "timer": "time.perf_counter"},
               "clips": {"n": len(items), "audio_s": round(audio_s, 2),
                         "tasks": {t: sum(it["task"] == t for it in items) for t in ("asterisk-en", "librivox-5", "cards-5")}},
               "systems": {}}
     texts = {}
     for name, system in systems.items():
-        timing, texts[name] = peers.timed_pass(system, items, audio_s, name)
+        timing, texts[name] = peers.timed_pass(system, items, audio_s, name, args.batch_size)
         result["systems"][name] = {
             "window_buckets": list(getattr(system, "window_buckets", ())),
             "bucket_padding_s": system.bucket_padding_s if system.window_buckets else None,
@@ -130,7 +131,7 @@ def report(res: dict, args) -> str:
 Command: `{res['command']}` ({res['created']}, commit {res['git'].get('sha', '?')[:10]}{' dirty' if res['git'].get('dirty') else ''}).
 Student: `{res['student']}` ({w:g}-s window), CTranslate2 {res['conditions']['compute_type']}; `teacher-ct2-int8` is
 the teacher's own CT2 weights (30-s window, no buckets). {c['n']} real held-out clips ({c['audio_s']} s;
-{c['tasks']}), batch 1, greedy, {res['conditions']['threads']} threads, one pass per row after 1 warm-up clip
+{c['tasks']}), batch {res['conditions']['batch_size']}{' (length-sorted)' if res['conditions']['batch_size'] > 1 else ''}, greedy, {res['conditions']['threads']} threads, one pass per row after 1 warm-up batch
 (load average per row in the JSON). A row `B@P` pads each clip to the shortest bucket in B that
 leaves P s after it, else to the model's window. WER % (errors / reference words); loops = clips
 that repeat an n-gram 4+ times where the reference does not. Safe: pooled WER within
