@@ -104,9 +104,9 @@ def convert(source: Path, out: Path, kind: str, quantization: str = "int8",
         extra["quantization"] = {"method": f"ct2-{quantization}", "weights": "int8 per-row scales"}
     config = json.loads((Path(source) / "config.json").read_text())
     if arch == "whisper":
-        from transformers import WhisperProcessor
+        from distill.whisper_tokenizer import whisper_processor
 
-        WhisperProcessor.from_pretrained(source).save_pretrained(out)
+        whisper_processor(source).save_pretrained(out)  # faster-whisper reads the repaired tokenizer.json
         frames = 2 * int(config["max_source_positions"])
         extra.update(window_s=frames // 100, encoder_frames=frames,
                      faster_whisper=frames == FULL_WINDOW_FRAMES)

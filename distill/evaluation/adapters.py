@@ -243,9 +243,9 @@ def _tokenizer(path: str):
 
 
 def _whisper(model, path: str, backend: str, device: str) -> SpeechToText:
-    from transformers import WhisperProcessor
+    from distill.whisper_tokenizer import whisper_processor
 
-    processor = WhisperProcessor.from_pretrained(path)
+    processor = whisper_processor(path)  # a `context` prompt encodes as the model was trained
     gen = getattr(model, "generation_config", None)
     multi = getattr(gen, "is_multilingual", None)
     if multi is None:

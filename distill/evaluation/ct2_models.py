@@ -282,13 +282,16 @@ def _whisper_processor(path: Path, n_mels: int):
     tokenizer.json, no preprocessor_config.json) Whisper's default 30-s extractor."""
     from transformers import WhisperFeatureExtractor, WhisperProcessor, WhisperTokenizerFast
 
+    from distill.whisper_tokenizer import repair, whisper_processor
+
     if (path / "preprocessor_config.json").is_file() and (path / "tokenizer_config.json").is_file():
-        return WhisperProcessor.from_pretrained(path)
+        return whisper_processor(path)
     if not (path / "tokenizer.json").is_file():
         raise DistillError(f"CTranslate2 Whisper '{path}' has no tokenizer.json",
                            "copy the model's tokenizer.json beside model.bin")
     specials = {t: "<|endoftext|>" for t in ("bos_token", "eos_token", "unk_token", "pad_token")}
     tok = WhisperTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), model_max_length=448, **specials)
+    repair(tok)
     return WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=n_mels), tokenizer=tok)
 
 

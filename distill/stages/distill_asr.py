@@ -26,12 +26,13 @@ from distill.context import RunContext
 from distill.data import Blocks
 from distill.errors import DistillError
 from distill.recipe import AsrDistillStage
+from distill.whisper_tokenizer import whisper_processor
 
 logger = logging.getLogger(__name__)
 
 
 def load_whisper(ref, ctx: RunContext):
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperForConditionalGeneration
 
     if ref.source is None:
         raise DistillError("an ASR teacher needs weights, not an inline config",
@@ -42,7 +43,7 @@ def load_whisper(ref, ctx: RunContext):
         raise DistillError(f"'{ref.source}' is a {config.get('model_type')} model, not Whisper",
                            "distill-asr supports the Whisper family")
     model = WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-    return model, WhisperProcessor.from_pretrained(path), path
+    return model, whisper_processor(path), path
 
 
 def build_student(spec: AsrDistillStage, teacher, processor, ctx: RunContext):

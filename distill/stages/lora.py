@@ -161,9 +161,9 @@ def noisy_copies(audio: list[np.ndarray], texts: list[str], noise, seed: int):
 
 def speech_setup(spec: LoraStage, source_path: Path, model, ctx: RunContext):
     """(utterance index blocks, step-function factory inputs) for Whisper LoRA."""
-    from transformers import WhisperProcessor
+    from distill.whisper_tokenizer import whisper_processor
 
-    processor = WhisperProcessor.from_pretrained(source_path)
+    processor = whisper_processor(source_path)  # references encode as the model was trained
     # Clean rows only: the asset's noisy copies are test conditions; noise here comes from `noise:`.
     utts = speech.read_utterances(spec.speech.source, spec.speech.split, spec.speech.max_items, noisy=False)
     utts, skipped = speech.decode(utts, spec.speech.max_seconds)
