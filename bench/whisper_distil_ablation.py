@@ -34,19 +34,25 @@ def wer_counts(record: dict) -> dict[str, tuple[int, int]]:
 
 
 def levers(record: dict, manifests: dict[str, dict]) -> tuple[str, str]:
-    stage = manifests.get(record["artifact_id"], {}).get("stage")
+    facts = manifests.get(record["artifact_id"], {})
+    stage = facts.get("stage")
     if stage is None:
         return "6 / 6 / 30 s", "teacher"
     s = stage["student"]
     loss = stage["loss"]
     how = "untrained" if stage.get("init_only") else (
         "CE only" if not loss["kd_weight"] else f"KD (T={loss['temperature']:g}) + {loss['ce_weight']:g} CE")
+    teacher = stage.get("teacher", {}).get("source", "asset:whisper-base")
+    if not teacher.startswith("asset:"):  # an earlier student as the teacher: name it
+        how = f"from teacher `{Path(teacher).name}`: {how}"
     if s.get("init") == "model":  # a further round on an earlier student: its cut is that student's
         base = (s["model"].get("source") or "a model").removeprefix("stage:")
         cut = f"as `{base}`"
         how = f"{stage['train']['steps']} more steps from `{base}` (lr {stage['train']['lr']:g}): {how}"
     else:
-        cut = f"{s['decoder_layers'] or 6} / {s['encoder_layers'] or 6} / {s['window_seconds'] or 30} s"
+        # the window as built: a student of a cut-window teacher keeps that window (window_seconds None)
+        window = facts["encoder_frames"] // 50 if facts.get("encoder_frames") else s["window_seconds"] or 30
+        cut = f"{s['decoder_layers'] or 6} / {s['encoder_layers'] or 6} / {window} s"
     if stage.get("data", {}).get("pack_seconds"):
         how += f", clips packed to {stage['data']['pack_seconds']:g} s"
     trains_encoder = s.get("encoder_layers") is not None or not stage.get("freeze_encoder", True)
