@@ -137,3 +137,45 @@ def test_format_matrix_compares_speeds_only_on_the_same_cpu():
     assert edge_matrix.speed_ratio({"value": 25.0, "conditions": {"device_name": "cpu A"}}, base) == "2.50x"
     assert edge_matrix.speed_ratio({"value": 25.0, "conditions": {"device_name": "cpu B"}}, base) == "other CPU"
     assert edge_matrix.speed_ratio(None, base) == "-"
+
+
+def _ablation():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import whisper_distil_ablation
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return whisper_distil_ablation
+
+
+def _stage(**over) -> dict:
+    stage = {"student": {"init": "decoder_layer_map", "decoder_layers": 2, "encoder_layers": None,
+                         "window_seconds": 10, "model": None},
+             "loss": {"kd_weight": 1.0, "ce_weight": 0.8, "temperature": 2.0, "hidden_weight": 0.0},
+             "train": {"steps": 60, "lr": 3e-5}, "teacher": {"source": "asset:whisper-base"},
+             "data": {}, "freeze_encoder": True}
+    stage.update(over)
+    return stage
+
+
+def test_ablation_lever_labels_follow_how_each_student_was_built():
+    ab = _ablation()
+    rec = {"artifact_id": "run/s"}
+    assert ab.levers(rec, {}) == ("6 / 6 / 30 s", "teacher")
+    cut, how = ab.levers(rec, {"run/s": {"stage": _stage(), "encoder_frames": 500}})
+    assert cut == "2 / 6 / 10 s" and how == "KD (T=2) + 0.8 CE, encoder frozen"
+    # a student of a cut-window teacher keeps its window: the built frames say so, not the spec's None
+    dec2 = _stage(student={**_stage()["student"], "window_seconds": None},
+                  teacher={"source": "runs/r/artifacts/win-packed"}, data={"pack_seconds": 9})
+    cut, how = ab.levers(rec, {"run/s": {"stage": dec2, "encoder_frames": 500}})
+    assert cut == "2 / 6 / 10 s"
+    assert how == "from teacher `win-packed`: KD (T=2) + 0.8 CE, clips packed to 9 s, encoder frozen"
+    # a further round on an earlier student: its cut is that student's, packing does not overwrite it
+    again = _stage(student={**_stage()["student"], "init": "model", "model": {"source": "stage:win-enc"}},
+                   data={"pack_seconds": 9}, freeze_encoder=False, loss={**_stage()["loss"], "hidden_weight": 1.0})
+    cut, how = ab.levers(rec, {"run/s": {"stage": again}})
+    assert cut == "as `win-enc`"
+    assert how == ("60 more steps from `win-enc` (lr 3e-05): KD (T=2) + 0.8 CE, clips packed to 9 s"
+                   " + 1 encoder MSE")
