@@ -23,18 +23,15 @@ OUT = peers.OUT
 
 
 def cut(src: Path, k: int) -> Path:
-    import torch
+    """The student with k evenly spaced decoder layers (speech.whisper_student, untrained)."""
     from transformers import WhisperForConditionalGeneration
 
-    from distill.losses import even_layer_map
+    from distill.speech import whisper_student
     from distill.whisper_tokenizer import whisper_processor
 
     out = peers.WORK / f"decoder{k}-{src.name}"
     if not (out / "model.safetensors").is_file():
-        model = WhisperForConditionalGeneration.from_pretrained(src)
-        keep = even_layer_map(k, model.config.decoder_layers)
-        model.model.decoder.layers = torch.nn.ModuleList(model.model.decoder.layers[i] for i in keep)
-        model.config.decoder_layers = k
+        model, _ = whisper_student(WhisperForConditionalGeneration.from_pretrained(src), decoder_layers=k)
         model.save_pretrained(out)
         whisper_processor(src).save_pretrained(out)
     return out

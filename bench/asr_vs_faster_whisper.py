@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 
 OUT = Path(__file__).parent / "results"
@@ -131,23 +130,14 @@ def load_adapter(path):
 
 
 def timed_pass(asr, items: list[dict], audio_s: float, desc: str, batch_size: int = 1) -> tuple[dict, list[str]]:
-    """One untimed warm-up batch, then every clip (batch 1 in clip order; larger batches are
-    length-sorted, as the harness batches them): (RTFx and load averages, transcripts)."""
-    from tqdm import tqdm
-
+    """One untimed warm-up batch, then every clip in the harness's length-sorted batches
+    (distill.evaluation.asr.transcribe): (RTFx and load averages, transcripts in clip order)."""
     from distill.evaluation.asr import transcribe
 
     asr.transcribe([it["audio"] for it in items[:batch_size]], language="en")
     before = os.getloadavg()
-    if batch_size == 1:
-        compute, texts = 0.0, []
-        for it in tqdm(items, desc=desc, unit="clip", leave=False):
-            t0 = time.perf_counter()
-            texts.append(asr.transcribe([it["audio"]], language="en")[0])
-            compute += time.perf_counter() - t0
-    else:
-        texts, timings = transcribe(asr, items, batch_size, "en", desc=desc)
-        compute = sum(c for _, c, _ in timings)
+    texts, timings = transcribe(asr, items, batch_size, "en", desc=desc)
+    compute = sum(c for _, c, _ in timings)
     return {"compute_s": round(compute, 3), "rtfx": round(audio_s / compute, 3), "batch_size": batch_size,
             "load_avg_before": [round(x, 2) for x in before],
             "load_avg_after": [round(x, 2) for x in os.getloadavg()]}, texts

@@ -4,7 +4,7 @@ A CTranslate2 Whisper export runs any encoder length up to its window, so a clip
 shorter bucket (the ct2 export's `window_buckets` / `bucket_padding_s`). A model that never saw short
 padding repeats itself there (whisper-base loops when less than ~6 s follows the speech), so each
 bucket set is measured, not assumed: every real held-out clip (all asterisk-en test prompts,
-librivox-5, cards-5), batch 1 (or --batch-size, length-sorted), greedy, one CT2 int8 model, the bucket rule changed between passes.
+librivox-5, cards-5), batch 1 (or --batch-size; length-sorted as the harness batches), greedy, one CT2 int8 model, the bucket rule changed between passes.
 The teacher's own CT2 int8 weights (30-s window, no buckets) run the same clips as the reference.
 A bucket set is *safe* when its pooled WER stays within --tolerance points of the same model without
 buckets and it adds no repetition loop.
